@@ -1,0 +1,6 @@
+from agenttune.model import prepare_base_model
+from agenttune.runlog import stage_log
+
+with stage_log(snakemake.log[0]) as log:
+    info = prepare_base_model(snakemake.params.model, snakemake.output[0], snakemake.params.seed)
+    log(f"base model ready in {snakemake.output[0]}: {info}")
