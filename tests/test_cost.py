@@ -1,0 +1,280 @@
+"""agenttune.cost: parameter counts, FLOPs, time/MFU, ZeRO-3 memory, preflight and the CLI.
+
+Every expected number here is worked out by hand in the comments, not taken from the code."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agenttune import cost
+from agenttune.cost import (GPUS, PRESETS, GiB, ModelShape, Plan, check, estimate_memory_zero3, estimate_time,
+                            implied_mfu, mean_keys_per_token, preflight, read_measured_mfu, seed_table,
+                            training_flops, zero3_model_states_mem)
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMOLLM2_CONFIG = {  # HuggingFaceTB/SmolLM2-135M config.json, the keys that matter
+    "model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+}
+LLAMA2_7B_CONFIG = {
+    "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False,
+}
+QWEN2_72B_CONFIG = {
+    "model_type": "qwen2", "num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 29568,
+    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 152064, "tie_word_embeddings": False,
+}
+
+# A toy decoder small enough to count on paper:
+# head_dim 2, q_dim 4, kv_dim 2; attention 4·4 + 2·(4·2) + 4·4 = 48; MLP 3·4·8 = 96; norms 2·4 = 8
+# → 152 per layer; embeddings 10·4 = 40; final norm 4; tied → 40 + 152 + 4 = 196 parameters.
+TOY = ModelShape("toy", layers=1, hidden=4, intermediate=8, heads=2, kv_heads=1, vocab=10, tie_embeddings=True)
+A100 = GPUS["a100-80g"]
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+def test_smollm2_parameter_count():
+    # per layer: q 576² + k,v 2·576·192 + o 576² = 884,736; MLP 3·576·1536 = 2,654,208; norms 1,152
+    # 30 · 3,540,096 = 106,202,880; + embeddings 49152·576 = 28,311,552 + final norm 576 (tied: no lm_head)
+    assert ModelShape.from_hf_config(SMOLLM2_CONFIG).params == 134_515_008
+    assert PRESETS["smollm2-135m"].params == 134_515_008
+
+
+def test_llama2_7b_parameter_count():
+    # per layer: 4·4096² + 3·4096·11008 + 2·4096 = 202,383,360; ·32 = 6,476,267,520
+    # + 2 · 32000·4096 (embeddings, lm_head) = 262,144,000 + final norm 4,096
+    assert ModelShape.from_hf_config(LLAMA2_7B_CONFIG).params == 6_738_415_616
+    assert PRESETS["llama2-7b"].params == 6_738_415_616
+
+
+def test_qwen_presets_match_their_configs_and_published_sizes():
+    # Qwen2-72B: per layer 2·8192² + 2·8192·1024 + qkv bias 8192+2·1024 + 3·8192·29568 + 2·8192 = 877,684,736
+    # · 80 = 70,214,778,880; + 2 · 152064·8192 = 2,491,416,576; + 8,192 → 72,706,203,648 ("72.7B")
+    assert ModelShape.from_hf_config(QWEN2_72B_CONFIG).params == 72_706_203_648
+    assert PRESETS["qwen2-72b"].params == 72_706_203_648
+    # Qwen1.5-14B: per layer 4·5120² + 3·5120 + 3·5120·13696 + 2·5120 = 315,253,760; ·40 + 2·152064·5120 + 5120
+    assert PRESETS["qwen1.5-14b"].params == 14_167_290_880
+    # Qwen2.5-14B: per layer 2·5120² + 2·5120·1024 + 7,168 bias + 3·5120·13824 + 2·5120 = 275,268,608
+    # · 48 = 13,212,893,184; + 2·152064·5120 = 1,557,135,360; + 5,120
+    assert PRESETS["qwen2.5-14b"].params == 14_770_033_664
+    assert cost.load_shape("qwen2-14b") is PRESETS["qwen1.5-14b"]  # no Qwen2-14B exists; see docs/cost.md
+
+
+def test_toy_and_bias_rules():
+    assert TOY.params == 196
+    assert TOY.compute_params == 196  # tied: the one table is the lm_head
+    untied = ModelShape("u", 1, 4, 8, 2, 1, 10)
+    assert untied.params == 236 and untied.compute_params == 196  # input embedding is a lookup
+    # Llama attention_bias biases q, k, v and o: 4 + 2 + 2 + 4 = 12 more
+    cfg = {"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 4, "intermediate_size": 8,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10, "tie_word_embeddings": True}
+    assert ModelShape.from_hf_config({**cfg, "attention_bias": True}).params == 196 + 12
+    # Qwen2 biases q, k, v only, with no attention_bias key: 4 + 2 + 2
+    assert ModelShape.from_hf_config({**cfg, "model_type": "qwen2"}).params == 196 + 8
+
+
+def test_largest_layer_is_the_biggest_single_module():
+    assert PRESETS["llama2-7b"].largest_layer_params == 32000 * 4096        # embeddings > 4096·11008 MLP
+    assert PRESETS["qwen2-72b"].largest_layer_params == 152064 * 8192
+
+
+def test_from_hf_config_names_missing_keys():
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelShape.from_hf_config({k: v for k, v in SMOLLM2_CONFIG.items() if k != "hidden_size"})
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+def test_6nt_and_attention_on_the_toy_by_hand():
+    # rows of 3 tokens: keys per token 1, 2, 3 → mean 2
+    # dense = 6 · 196 · 1000 = 1,176,000
+    # attention forward per token = 2 matmuls · 2 FLOP · q_dim 4 · 2 keys · 1 layer = 32; ×3 (fwd+bwd) ×1000
+    f = training_flops(TOY, 1000, seq_len=3)
+    assert f.dense == 1_176_000
+    assert f.attention == 96_000
+    assert f.recompute == 0
+    assert f.total == 1_272_000
+
+
+def test_mean_keys_from_lengths_and_histograms():
+    assert mean_keys_per_token(3) == 2
+    assert mean_keys_per_token([1, 3]) == pytest.approx(7 / 4)   # (1 + 6) key visits / 4 tokens
+    assert mean_keys_per_token({"1": 1, "3": 1}) == pytest.approx(7 / 4)
+    assert mean_keys_per_token({4096: 10}) == pytest.approx(4097 / 2)
+
+
+def test_checkpointing_adds_exactly_one_forward_of_the_layers():
+    shape, tokens = PRESETS["llama2-7b"], 1e6
+    plain = training_flops(shape, tokens, 4096)
+    ckpt = training_flops(shape, tokens, 4096, grad_checkpointing=True)
+    assert ckpt.dense == plain.dense and ckpt.attention == plain.attention
+    # one more forward: 2·N_layers·T dense + the attention forward (a third of fwd+bwd)
+    assert ckpt.recompute == pytest.approx(2 * shape.decoder_params * tokens + plain.attention / 3)
+    # on the checkpointed layers the dense work goes from 6 to 8 FLOPs per parameter and token
+    layers_dense = 6 * shape.decoder_params * tokens
+    recompute_dense = ckpt.recompute - plain.attention / 3
+    assert (layers_dense + recompute_dense) / layers_dense == pytest.approx(8 / 6)
+
+
+# --------------------------------------------------------------------------- time and MFU
+
+def test_time_by_hand():
+    # 1,272,000 FLOPs on 2 devices of 1e6 FLOP/s at MFU 0.5 → 1.272 s
+    gpu = cost.get_gpu("cpu", peak_flops=1e6)
+    t = estimate_time(TOY, 1000, 2, gpu, mfu=0.5, seq_len=3, epochs=3)
+    assert t.hours_per_epoch * 3600 == pytest.approx(1.272)
+    assert t.gpu_hours == pytest.approx(3 * 2 * 1.272 / 3600)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_implied_mfu_round_trip(ckpt):
+    shape, lengths = PRESETS["qwen1.5-14b"], {4096: 50, 1000: 200, 300: 30}
+    t = estimate_time(shape, 470e6, 8, "a100-80g", mfu=0.27, seq_len=lengths, grad_checkpointing=ckpt)
+    back = implied_mfu(shape, 470e6, t.hours_per_epoch, 8, "a100-80g", seq_len=lengths, grad_checkpointing=ckpt)
+    assert back == pytest.approx(0.27, rel=1e-12)
+
+
+def test_seed_table_implied_mfu_7b():
+    # 6·N_compute·T + attention = (6·6,607,343,616 + 6·32·4096·4097)·470e6 = 2.0149e19 FLOPs
+    # over 25 h · 3600 · 4 · 312e12 = 1.1232e20 → 0.1794
+    rows = {r["model"]: r for r in seed_table()}
+    assert rows["llama2-7b"]["seed_mfu_no_ckpt"] == pytest.approx(0.1794, abs=1e-4)
+    assert rows["llama2-7b"]["seed_mfu_ckpt"] > rows["llama2-7b"]["seed_mfu_no_ckpt"]
+    assert rows["qwen2-72b"]["checkpointing"] == "yes"
+    assert set(rows) == {"llama2-7b", "qwen1.5-14b", "qwen2-72b"}
+
+
+def test_measured_mfu_from_train_py_metrics_is_rescaled(tmp_path):
+    shape = PRESETS["llama2-7b"]
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"mfu": 0.15, "parameters": shape.params}))
+    mfu, how = read_measured_mfu(metrics, shape, 4096)
+    assert mfu == pytest.approx(0.15 * training_flops(shape, 1, 4096).total / (6 * shape.params))
+    assert "measured" in how
+    metrics.write_text(json.dumps({"mfu": 0.15, "mfu_convention": "agenttune.cost"}))
+    assert read_measured_mfu(metrics, shape, 4096)[0] == 0.15
+    metrics.write_text(json.dumps({"mfu": None}))
+    with pytest.raises(ValueError):
+        read_measured_mfu(metrics, shape)
+
+
+# --------------------------------------------------------------------------- memory
+
+def test_zero3_model_states_match_deepspeed_formula_by_hand():
+    # N = 1000, largest layer 100, 2 nodes × 4 GPUs; largest layer memory 4·100 = 400
+    assert zero3_model_states_mem(1000, 100, 4, 2) == (2400, 400 + 2250, 400)        # cpu 100·4·4·1.5; 18·1000/8
+    assert zero3_model_states_mem(1000, 100, 4, 2, cpu_offload=True) == (12000, 400 + 250, 400)  # 16·1000/2·1.5
+    assert zero3_model_states_mem(1000, 100, 4, 2, True, True) == (13500, 400, 400)    # 18·1000/2·1.5
+    assert zero3_model_states_mem(1000, 100, 4, 2, zero_init=False)[0] == 24000         # 1000·4·4·1.5
+    # parameter offload alone is not a DeepSpeed configuration: counted as no offload, as DeepSpeed does
+    assert zero3_model_states_mem(1000, 100, 4, 2, cpu_offload_params=True) == (2400, 2650, 400)
+
+
+def test_zero3_formula_agrees_with_deepspeed_when_installed():
+    try:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as ds
+    except Exception:  # not installed, or no accelerator to import against
+        pytest.skip("deepspeed not importable here")
+    for opt, params in ((False, False), (True, False), (True, True)):
+        for zero_init in (True, False):
+            ours = zero3_model_states_mem(72_706_203_648, 1_245_708_288, 8, 4, opt, params, zero_init)
+            assert ours == ds(72_706_203_648, 1_245_708_288, 8, 4, opt, params, zero_init)
+
+
+def test_memory_components_by_hand():
+    shape = PRESETS["llama2-7b"]
+    mem = estimate_memory_zero3(shape, 4, seq_len=4096, grad_checkpointing=True)
+    assert mem.model_states == 4 * 131_072_000 + int(18 * 6_738_415_616 / 4)
+    # layer inputs 4096 tokens · 32 layers · 4096 hidden · 2 bytes + one layer 4096 · 34 · 4096
+    assert mem.activations == 4096 * 32 * 4096 * 2 + 4096 * 34 * 4096
+    assert mem.logits == 4096 * 32000 * 10
+    assert mem.per_gpu == mem.model_states + mem.activations + mem.logits + 3 * GiB
+    no_ckpt = estimate_memory_zero3(shape, 4, seq_len=4096)
+    assert no_ckpt.activations == 4096 * 32 * 34 * 4096
+    no_flash = estimate_memory_zero3(shape, 4, seq_len=4096, flash_attn=False)
+    assert no_flash.activations == 4096 * 32 * (34 * 4096 + 5 * 32 * 4096)
+
+
+# --------------------------------------------------------------------------- preflight
+
+def test_preflight_refuses_72b_on_8_a100s_and_its_nearest_fit_fits():
+    plan = Plan(PRESETS["qwen2-72b"], A100, 8, 1, epochs=2, tokens=470e6)
+    verdict = preflight(plan)
+    assert not verdict.fits
+    assert "GiB per GPU > 80 GiB" in verdict.message
+    assert verdict.nearest is not None and "nearest fit" in verdict.message
+    again = check(verdict.nearest.plan)
+    assert again.fits and again.memory.per_gpu <= A100.memory_bytes
+    assert verdict.nearest.plan.n_gpus > 8
+
+
+def test_preflight_time_limit_asks_for_more_gpus():
+    plan = Plan(PRESETS["qwen2-72b"], A100, 8, 1, tokens=470e6, time_limit_hours=48)
+    verdict = preflight(plan)
+    assert "time limit 48 h" in verdict.message
+    nearest = verdict.nearest
+    assert nearest.time.hours_per_epoch <= 48 and check(nearest.plan).fits
+
+
+def test_preflight_accepts_7b_on_4_a100s_with_checkpointing():
+    plan = Plan(PRESETS["llama2-7b"], A100, 4, 1, epochs=5, tokens=470e6, max_len=4096, grad_checkpointing=True)
+    verdict = preflight(plan)
+    assert verdict.fits and verdict.nearest is None
+    assert verdict.message.startswith("fits:")
+
+
+def test_preflight_tries_shorter_max_len_last():
+    # a 7B on one 40G GPU cannot hold its 18·N bytes of states at any length without offload,
+    # so the search must reach offload on the same GPU before anything else
+    plan = Plan(PRESETS["llama2-7b"], GPUS["a100-40g"], 1, 1, tokens=1e6)
+    nearest = preflight(plan).nearest
+    assert nearest is not None and check(nearest.plan).fits
+    assert nearest.plan.max_len == 4096
+
+
+# --------------------------------------------------------------------------- CLI
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "agenttune.cost", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_fits_exit_0():
+    r = run_cli("--model", "llama2-7b", "--gpus", "4", "--gpu", "a100-80g", "--nodes", "1", "--epochs", "5",
+                "--tokens", "470e6", "--grad-checkpointing")
+    assert r.returncode == 0, r.stderr
+    assert "fits" in r.stdout and "MFU 0.20, default" in r.stdout
+
+
+def test_cli_refuses_exit_3_with_nearest_fit_on_stderr():
+    r = run_cli("--model", "qwen2-72b", "--gpus", "8", "--epochs", "2", "--tokens", "470e6")
+    assert r.returncode == 3
+    assert "does not fit" in r.stderr and "nearest fit" in r.stderr
+
+
+def test_cli_manifest_metrics_config_and_tables(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"total_tokens": 2_000_000, "row_lengths": {"512": 100, "2048": 10}}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"mfu": 0.3, "parameters": 134_515_008}))
+    md, csv_path = tmp_path / "plan.md", tmp_path / "plan.csv"
+    r = run_cli("--model", str(tmp_path / "config.json"), "--gpus", "1", "--manifest", str(manifest),
+                "--metrics", str(metrics), "--out-md", str(md), "--out-csv", str(csv_path))
+    assert r.returncode == 0, r.stderr
+    assert "measured" in r.stdout and "2,000,000 tokens" in r.stdout
+    assert md.read_text().startswith("| config |") and "plan" in csv_path.read_text()
+
+
+def test_cli_seed_table_and_usage_errors(tmp_path):
+    out = tmp_path / "seed.csv"
+    r = run_cli("--seed-table", "--out-csv", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "llama2-7b" in r.stdout and out.read_text().count("\n") == 4
+    assert run_cli("--model", "no-such-model", "--tokens", "1e6").returncode == 2
+    assert run_cli("--model", "llama2-7b").returncode == 2  # no token count
