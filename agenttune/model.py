@@ -70,11 +70,11 @@ def prepare_smollm2(out_dir: str | Path) -> dict:
     return info
 
 
-def prepare_tiny(out_dir: str | Path, shape: dict, seed: int) -> dict:
+def prepare_tiny(out_dir: str | Path, shape: dict, seed: int, tokenizer=None) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = load_smollm2_tokenizer()
+    tokenizer = tokenizer or load_smollm2_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=shape["hidden_size"],

@@ -102,13 +102,24 @@ def _stop_after_epoch_callback(epoch: int):
 
 def train_epoch(base_model_dir: str | Path, shard_paths: list[str | Path], prev_epoch_dir: str | Path | None,
                 out_dir: str | Path, epoch: int, cfg: dict, seed: int, log=print) -> dict:
+    """Train epoch `epoch` (1-based), resuming `prev_epoch_dir` for epoch > 1; write `out_dir`."""
+    if epoch > 1 and prev_epoch_dir is None:
+        raise ValueError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
+    if epoch == 1 and prev_epoch_dir is not None:
+        raise ValueError("epoch 1 starts from the base model, not from a checkpoint")
+    return run_training(base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, cfg, seed, log)
+
+
+def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resume_from: str | Path | None,
+                 out_dir: str | Path, until_epoch: int, cfg: dict, seed: int, log=print) -> dict:
+    """Train from `resume_from` (or from scratch) until the end of `until_epoch`; move that checkpoint to out_dir.
+    The per-epoch job and an uninterrupted multi-epoch run both come through here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+    epoch = until_epoch
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a killed job are never trusted
-    if epoch > 1 and prev_epoch_dir is None:
-        raise ValueError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     on_gpu = torch.cuda.is_available()
@@ -147,7 +158,7 @@ def train_epoch(base_model_dir: str | Path, shard_paths: list[str | Path], prev_
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
         bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=cfg.get("gradient_checkpointing", False),
+        activation_checkpointing=cfg.get("gradient_checkpointing", False),
         deepspeed=cfg.get("deepspeed_config"),
         disable_tqdm=False,
     )
@@ -160,7 +171,7 @@ def train_epoch(base_model_dir: str | Path, shard_paths: list[str | Path], prev_
         callbacks=[_stop_after_epoch_callback(epoch)],
     )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(prev_epoch_dir) if prev_epoch_dir else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - start
 
     checkpoints = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
