@@ -13,6 +13,7 @@ validate(config, schema="config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/tokenize.smk"
+include: "rules/cost.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

@@ -797,3 +797,35 @@ def _write_tables(rows: list[dict], args) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- pipeline preflight
+
+def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int, max_len: int,
+                 grad_checkpointing: bool = False, offload_optimizer: bool = False,
+                 offload_params: bool = False, model_name: str | None = None) -> Plan:
+    """The Plan of one pipeline run: model shape from its config.json, tokens per epoch from the shards manifest,
+    devices and limits from the run config's `compute` section, MFU measured (a metrics.json) when given."""
+    shape = ModelShape.from_hf_config(model_config, name=model_name)
+    gpu = get_gpu(compute["device"], compute.get("device_peak_flops"), compute.get("device_memory_gib"))
+    tokens = float(manifest.get("total_tokens") or 0)
+    if tokens <= 0:
+        raise ValueError("the shards manifest counts no training tokens")
+    n_gpus = compute.get("devices", 1)
+    nodes = compute.get("nodes") or math.ceil(n_gpus / gpu.per_node)
+    plan = Plan(shape, gpu, n_gpus, nodes, epochs, tokens, max_len, manifest.get("row_lengths") or None,
+                grad_checkpointing, offload_optimizer or offload_params, offload_params,
+                time_limit_hours=compute.get("time_limit_hours"),
+                node_memory_bytes=int(compute.get("node_memory_gib", DEFAULT_NODE_MEMORY_BYTES / GiB) * GiB))
+    if compute.get("mfu_metrics"):
+        mfu, source = read_measured_mfu(compute["mfu_metrics"], shape, plan.lengths, grad_checkpointing)
+        return replace(plan, mfu=mfu, mfu_source=source)
+    if compute.get("mfu"):
+        return replace(plan, mfu=float(compute["mfu"]), mfu_source=compute.get("mfu_source", "given in config"))
+    return plan
+
+
+def run_preflight(plan: Plan) -> tuple[Verdict, list[dict]]:
+    """Verdict (with the nearest fit when refused) and the table rows for the report."""
+    verdict = preflight(plan)
+    return verdict, plan_rows(verdict)

@@ -18,6 +18,7 @@ rule train_epoch:
         model=MODEL_DIR,
         shards=expand(f"{OUT}/shards/train-{{shard}}.parquet", shard=SHARDS),
         manifest=f"{OUT}/shards/manifest.json",
+        preflight=f"{OUT}/cost/preflight.json",
         previous=previous_epoch,
     output:
         directory(f"{OUT}/checkpoints/epoch-{{epoch}}"),

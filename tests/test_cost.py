@@ -278,3 +278,38 @@ def test_cli_seed_table_and_usage_errors(tmp_path):
     assert "llama2-7b" in r.stdout and out.read_text().count("\n") == 4
     assert run_cli("--model", "no-such-model", "--tokens", "1e6").returncode == 2
     assert run_cli("--model", "llama2-7b").returncode == 2  # no token count
+
+
+# --------------------------------------------------------------------------- run-level preflight
+
+def _llama_config(layers, hidden, inter, heads, kv, vocab):
+    return {"model_type": "llama", "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": inter,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
+            "tie_word_embeddings": False}
+
+
+def test_plan_for_run_reads_manifest_and_refuses_what_cannot_fit():
+    from agenttune.cost import plan_for_run, run_preflight
+
+    qwen72 = _llama_config(80, 8192, 29568, 64, 8, 152064)
+    qwen72["model_type"] = "qwen2"
+    manifest = {"total_tokens": 470e6}
+    plan = plan_for_run(qwen72, manifest, {"device": "a100-80g", "devices": 8}, epochs=2, max_len=4096)
+    assert plan.tokens == 470e6 and plan.n_gpus == 8 and plan.mfu_source == "default"
+    verdict, rows = run_preflight(plan)
+    assert not verdict.fits and verdict.nearest is not None and verdict.nearest.fits
+    assert "nearest fit" in verdict.message and rows
+
+    llama7 = _llama_config(32, 4096, 11008, 32, 32, 32000)
+    plan = plan_for_run(llama7, manifest, {"device": "a100-80g", "devices": 4, "mfu": 0.18,
+                                           "mfu_source": "seed"}, epochs=5, max_len=4096, grad_checkpointing=True)
+    verdict, _ = run_preflight(plan)
+    assert verdict.fits and plan.mfu == 0.18
+
+
+def test_plan_for_run_rejects_an_empty_manifest():
+    from agenttune.cost import plan_for_run
+
+    with pytest.raises(ValueError, match="no training tokens"):
+        plan_for_run(_llama_config(2, 64, 128, 4, 2, 100), {"total_tokens": 0}, {"device": "cpu", "devices": 1,
+                     "device_peak_flops": 1e11}, epochs=1, max_len=512)

@@ -1,0 +1,32 @@
+# Cost and memory preflight: runs before any training job; a plan that cannot fit stops the workflow here.
+
+
+localrules:
+    cost_preflight,
+
+
+rule cost_preflight:
+    input:
+        manifest=f"{OUT}/shards/manifest.json",
+        model=MODEL_DIR,
+    output:
+        verdict=f"{OUT}/cost/preflight.json",
+        table=report(
+            f"{OUT}/cost/cost.md",
+            caption="../docs/cost-caption.rst",
+            category="Cost",
+        ),
+        csv=f"{OUT}/cost/cost.csv",
+    params:
+        compute=config["compute"],
+        epochs=config["train"]["epochs"],
+        max_len=config["tokenize"]["max_len"],
+        grad_checkpointing=config["train"].get("gradient_checkpointing", False),
+        deepspeed=config["train"].get("deepspeed") or {},
+        model_name=config["model"]["name"],
+    log:
+        f"{OUT}/logs/cost_preflight.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/cost_preflight.py"
