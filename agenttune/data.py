@@ -1,23 +1,107 @@
-"""Data stage: canonical traces -> split by trace -> rendered samples per split, with stats.
+"""Data stage: canonical traces -> leak-free splits -> rendered samples, with hard negatives at a ratio, general chat
+mixed at AgentTuning's eta, cross-split duplicates removed, an n-gram contamination report, and stats.
 
-Takes: canonical trace JSONL files (docs/trace-schema.md).
-Gives: `train.jsonl`, `val.jsonl`, `test.jsonl` (one sample per line, see agenttune.render) and `stats.json`.
-Splitting happens on trace ids *before* rendering, so one trace never lands in two splits under two templates.
+Takes: canonical trace JSONL files (docs/trace-schema.md; normally the ingest stage's output), a role per source
+("traces": agent data; "general": general chat such as Alpaca/ShareGPT; "negatives": a user file of hard
+negatives, traces that must be answered without a call), the `split` and `format` config (docs/formatting.md),
+a seed, and optionally the model's tokenizer (for the `tool_call` template's own tool prompt).
+Gives, in out_dir: `train.jsonl`, `val.jsonl`, `test.jsonl` (one sample per line, the contract of
+agenttune.render plus "negative_kind" on negatives, "general": true on mixed general chat, "eval_only" on
+benchmark items) and the stats dict (the caller writes it as stats.json).
+
+How, in three streaming passes over the input (memory holds compact per-item numbers and held-out keys, never
+the traces or samples):
+  1. assign every trace to a split by its id (held-out tools/tasks and eval-only benchmark items go to test), so
+     one trace never lands in two splits under two templates; collect the held-out query keys, the held-out
+     n-grams, the tool lists per split (for mining) and upper bounds on what each split will need;
+  2. drop train/val items whose query duplicates a held-out one (exact or normalised; test > val > train);
+     count positives; draw a number per negative candidate; score general queries against the split's tool lists
+     (BM25) keeping the hardest; then fix, per split, how many negatives of each kind and how many general
+     samples to take (exact rational targets; agenttune.mix);
+  3. render and write: each trace in `renders_per_trace` templates drawn by weight from its id, each with a tool
+     format drawn independently; per-step samples if asked; general chat interleaved proportionally into
+     train/val (never test: evaluation would make no-tool items of it); the training text streamed past the
+     held-out n-grams.
+Every choice is a hash of (seed, purpose, id): the same input and config give byte-identical files.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
-import random
+from array import array
 from collections import Counter
 from pathlib import Path
+from typing import Callable, Iterator
 
-from agenttune.render import get_template
-from agenttune.traces.canonical import read_jsonl
+import numpy as np
+
+from agenttune import mix
+from agenttune.decontam import KeySet, NgramOverlap, exact_key, normal_key, query_key_text, query_text
+from agenttune.render import TEMPLATES, get_template, passthrough, tool_call
+from agenttune.render.common import turns
+from agenttune.render.negatives import ToolListIndex, TopK, mined_trace
+from agenttune.traces.canonical import TraceError, validate_trace
 
 SPLITS = ("train", "val", "test")
+ROLES = ("traces", "general", "negatives")
+NEGATIVE_KINDS = ("user", "no_tool", "mined")
+CATEGORIES = ("positive", "no_tool", "fixed", "user", "general")
+DROPPED = 1 << 5
+
+# The defaults of every optional key; config/schema.yaml documents the same values (tests/test_data.py checks).
+DEFAULTS = {
+    "split": {
+        "holdout": {"tools": [], "tasks": []},
+        "decontam": {"ngram": 8, "boilerplate_docs": 10},
+    },
+    "format": {
+        "renders_per_trace": 1,
+        "per_step": False,
+        "chat_template_tools": "auto",
+        "negatives": {"ratio": 4, "order": ["user", "no_tool", "mined"], "max_tool_lists": 512, "min_score": 0.0},
+        "mix": {"eta": 1.0},
+    },
+}
+
+
+class FormatError(ValueError):
+    """Bad input to the data stage, naming file, line, trace id and what is wrong."""
+
+
+def source_roles(sources: list[dict]) -> dict[str, str]:
+    """Source name -> role for the configured sources; a name used twice or an unknown role is an error (the
+    demo traces are source "demo"; a source's role decides what its traces become)."""
+    roles: dict[str, str] = {}
+    for i, source in enumerate(sources):
+        name, role = source["name"], source.get("role", "traces")
+        if name in roles:
+            raise FormatError(f"data.sources[{i}]: source name '{name}' is used twice (the demo traces are 'demo')")
+        if role not in ROLES:
+            raise FormatError(f"data.sources[{i}] ('{name}'): unknown role {role!r} (known: {', '.join(ROLES)})")
+        roles[name] = role
+    return roles
+
+
+def resolve_config(cfg: dict) -> dict:
+    """cfg with every missing optional key filled from DEFAULTS (a deep copy; cfg is not changed)."""
+
+    def merge(defaults: dict, given: dict) -> dict:
+        out = copy.deepcopy(given)
+        for key, value in defaults.items():
+            if key not in out or out[key] is None and isinstance(value, dict):
+                out[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = merge(value, out[key])
+        return out
+
+    return {**cfg, "split": merge(DEFAULTS["split"], cfg["split"]), "format": merge(DEFAULTS["format"], cfg["format"])}
+
+
+# --- deterministic choices ------------------------------------------------------------------------------------
 
 
 def _unit_interval(*parts: object) -> float:
@@ -46,14 +130,60 @@ def _weighted_choice(weights: dict[str, float], u: float) -> str:
     return names[-1]
 
 
-def render_trace(trace: dict, template: str, tool_format: str) -> dict:
-    messages = get_template(template).render(trace, tool_format)
+def choose_templates(trace_id: str, weights: dict[str, float], count: int, seed: int) -> list[str]:
+    """`count` distinct templates for one trace, drawn by weight without replacement (sorted by name)."""
+    remaining = {k: w for k, w in weights.items() if w > 0}
+    chosen = []
+    for k in range(min(count, len(remaining))):
+        name = _weighted_choice(remaining, _unit_interval("template", seed, trace_id, k))
+        chosen.append(name)
+        del remaining[name]
+    return sorted(chosen)
+
+
+def choose_tool_format(trace_id: str, template: str, weights: dict[str, float], seed: int) -> str:
+    return _weighted_choice(weights, _unit_interval("tool_format", seed, trace_id, template))
+
+
+# --- samples ----------------------------------------------------------------------------------------------------
+
+Renderer = Callable[[dict, str], "tuple[list[dict], str]"]
+
+
+def make_renderers(tokenizer=None, chat_template_tools: str = "auto", log=print) -> dict[str, Renderer]:
+    """Template name -> render(trace, tool_format) -> (messages, tool format actually used).
+
+    `tool_call` uses the tokenizer's own tool prompt when `chat_template_tools` is "auto" and the tokenizer's chat
+    template handles `tools=` in the Hermes style; otherwise it writes Qwen2.5's tool prompt into the system turn."""
+    renderers: dict[str, Renderer] = {name: _plain(module) for name, module in TEMPLATES.items()}
+    builder = tool_call.native_system(tokenizer) if tokenizer is not None and chat_template_tools == "auto" else None
+    if builder is not None:
+        log("tool_call: the model's chat template handles tools=; its own tool prompt is used")
+        renderers["tool_call"] = lambda trace, fmt: (tool_call.render(trace, fmt, builder), tool_call.NATIVE_TOOL_FORMAT)
+    elif tokenizer is not None and chat_template_tools == "auto":
+        log("tool_call: the model's chat template does not handle tools=; Hermes/Qwen-style tool instructions are "
+            "written into the system prompt instead")
+    return renderers
+
+
+def _plain(module) -> Renderer:
+    return lambda trace, fmt: (module.render(trace, fmt), fmt)
+
+
+def _kind(trace: dict) -> str:
+    meta = trace.get("meta") or {}
+    if meta.get("kind") in ("tool", "no_tool"):
+        return meta["kind"]
+    return "tool" if any(m.get("tool_calls") for m in trace["messages"]) else "no_tool"
+
+
+def _sample(trace: dict, template: str, tool_format: str, messages: list[dict]) -> dict:
     meta = trace.get("meta") or {}
     return {
         "id": f"{trace['id']}#{template}",
         "trace_id": trace["id"],
         "source": trace["source"],
-        "kind": meta.get("kind") or ("tool" if any(m.get("tool_calls") for m in trace["messages"]) else "no_tool"),
+        "kind": _kind(trace),
         "task": meta.get("task", ""),
         "template": template,
         "tool_format": tool_format,
@@ -61,44 +191,506 @@ def render_trace(trace: dict, template: str, tool_format: str) -> dict:
     }
 
 
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+def render_trace(trace: dict, template: str, tool_format: str, renderers: dict[str, Renderer] | None = None) -> dict:
+    """One trace in one template and tool format, as a sample."""
+    if template == passthrough.NAME:
+        return _sample(trace, template, passthrough.TOOL_FORMAT, passthrough.render(trace))
+    if renderers is not None:
+        messages, used = renderers[template](trace, tool_format)
+    else:
+        messages, used = get_template(template).render(trace, tool_format), tool_format
+    return _sample(trace, template, used, messages)
 
 
-def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict, seed: int) -> dict:
-    """Split, render and write samples; return the stats (also written to out_dir/stats.json)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split_cfg, fmt_cfg = cfg["split"], cfg["format"]
-    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    counts = {s: Counter() for s in SPLITS}
-    traces_read = 0
-    for path in trace_paths:
-        for trace in read_jsonl(path):
-            traces_read += 1
-            split = assign_split(trace["id"], split_cfg["val"], split_cfg["test"], seed)
-            template = _weighted_choice(fmt_cfg["templates"], _unit_interval("template", seed, trace["id"]))
-            tool_format = _weighted_choice(fmt_cfg["tool_formats"], _unit_interval("tool_format", seed, trace["id"]))
-            sample = render_trace(trace, template, tool_format)
-            rows[split].append(sample)
-            c = counts[split]
-            c["samples"] += 1
-            c[f"kind:{sample['kind']}"] += 1
-            c[f"template:{template}"] += 1
-            c[f"tool_format:{tool_format}"] += 1
-            c[f"source:{sample['source']}"] += 1
-    for split in SPLITS:
-        _write_jsonl_atomic(out_dir / f"{split}.jsonl", rows[split])
-    written = sum(c["samples"] for c in counts.values())
-    assert written == traces_read, f"rendered {written} samples from {traces_read} traces"
-    stats = {"traces_read": traces_read, "splits": {s: dict(sorted(counts[s].items())) for s in SPLITS}}
-    return stats
+def per_step(sample: dict) -> list[dict]:
+    """ToolBench-style: one sample per trained assistant step, the conversation up to it as context (earlier
+    assistant steps kept as context with loss false)."""
+    steps = [i for i, m in enumerate(sample["messages"]) if m["role"] == "assistant" and m["loss"]]
+    out = []
+    for k, i in enumerate(steps):
+        messages = [dict(m, loss=False) if m["role"] == "assistant" else m for m in sample["messages"][:i]]
+        messages.append(sample["messages"][i])
+        out.append({**sample, "id": f"{sample['id']}/step{k}", "messages": messages})
+    return out
+
+
+def _trained_steps(trace: dict, template: str) -> int:
+    steps = turns(trace, get_template(template).ONE_CALL_PER_STEP)
+    return sum(1 for t in steps if t["role"] == "assistant" and t["loss"])
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+
+def _read_traces(paths: list[Path], validate: bool = True) -> Iterator[tuple[int, str, int, dict]]:
+    """(position over all files, file, line, trace) for each non-blank line; validated unless told otherwise
+    (the later passes read what the first pass already validated)."""
+    pos = 0
+    for path in paths:
+        with open(path, "rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    trace = json.loads(raw.decode("utf-8"))
+                    if validate:
+                        validate_trace(trace)
+                except UnicodeDecodeError as exc:
+                    raise FormatError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason})") from None
+                except json.JSONDecodeError as exc:
+                    raise FormatError(f"{path}:{line_no}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+                except TraceError as exc:
+                    raise FormatError(str(exc.located(str(path), line_no))) from None
+                yield pos, str(path), line_no, trace
+                pos += 1
 
 
 def read_samples(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def _dumps(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- the stage --------------------------------------------------------------------------------------------------
+
+
+class _Stage:
+    """State shared by the three passes. Per-item facts are recomputed from (seed, id) in each pass."""
+
+    def __init__(self, paths, cfg: dict, seed: int, roles: dict[str, str], renderers: dict[str, Renderer]):
+        self.paths, self.seed, self.roles, self.renderers = paths, seed, roles, renderers
+        self.cfg = resolve_config(cfg)
+        split_cfg, fmt = self.cfg["split"], self.cfg["format"]
+        self.val, self.test = split_cfg["val"], split_cfg["test"]
+        self.holdout_tools = set(split_cfg["holdout"]["tools"])
+        self.holdout_tasks = set(split_cfg["holdout"]["tasks"])
+        self.templates = {k: w for k, w in fmt["templates"].items() if w > 0}
+        self.tool_formats = {k: w for k, w in fmt["tool_formats"].items() if w > 0}
+        self.renders = min(fmt["renders_per_trace"], len(self.templates))
+        self.per_step = fmt["per_step"]
+        neg = fmt["negatives"]
+        self.ratio, self.order, self.min_score = neg["ratio"], list(neg["order"]), neg["min_score"]
+        self.max_tool_lists = neg["max_tool_lists"]
+        self.eta = fmt["mix"]["eta"]
+        for role in roles.values():
+            if role not in ROLES:
+                raise FormatError(f"unknown source role {role!r} (known: {', '.join(ROLES)})")
+        unknown = [t for t in self.templates if t not in TEMPLATES]
+        if unknown:
+            raise FormatError(f"unknown template(s) {unknown} in format.templates (known: {sorted(TEMPLATES)})")
+
+    # Per-item facts ---------------------------------------------------------------------------------------------
+
+    def category(self, trace: dict, where: str) -> str:
+        """positive | no_tool | fixed (an eval-only no-tool benchmark item) | user | general."""
+        role = self.roles.get(trace["source"], "traces")
+        calls = any(m.get("tool_calls") for m in trace["messages"])
+        if role in ("general", "negatives") and calls:
+            raise FormatError(f"{where}: id={trace['id']}: source '{trace['source']}' has role '{role}' but this "
+                              f"trace calls a tool; {role} data must answer without tools")
+        if role == "general":
+            if trace["tools"]:
+                raise FormatError(f"{where}: id={trace['id']}: general chat must come without tools (got "
+                                  f"{len(trace['tools'])}); mining pairs it with tool lists")
+            return "general"
+        if role == "negatives":
+            return "user"
+        meta = trace.get("meta") or {}
+        if _kind(trace) == "tool":
+            return "positive"
+        return "fixed" if meta.get("eval_only") else "no_tool"
+
+    def split_of(self, trace: dict, category: str) -> tuple[str, str]:
+        """(split, why): "hash", "eval_only", "holdout_tool" or "holdout_task"."""
+        meta = trace.get("meta") or {}
+        if category != "general":
+            if meta.get("eval_only"):
+                return "test", "eval_only"
+            called = {c["name"] for m in trace["messages"] for c in m.get("tool_calls") or []}
+            if called & self.holdout_tools:
+                return "test", "holdout_tool"
+            if meta.get("task") in self.holdout_tasks:
+                return "test", "holdout_task"
+        return assign_split(trace["id"], self.val, self.test, self.seed), "hash"
+
+    def strip_holdout(self, trace: dict, split: str) -> tuple[dict, int]:
+        """Outside test, held-out tools are removed from tool lists (they are never called there)."""
+        if split == "test" or not self.holdout_tools:
+            return trace, 0
+        kept = [t for t in trace["tools"] if t["name"] not in self.holdout_tools]
+        removed = len(trace["tools"]) - len(kept)
+        return ({**trace, "tools": kept}, removed) if removed else (trace, 0)
+
+    def duplicate(self, split: str, trace: dict) -> str | None:
+        """"exact" / "normalised" when a train/val item's query is also a held-out query (test wins over val)."""
+        if split == "test":
+            return None
+        text = query_key_text(trace)
+        sets = [self.keys["test"]] if split == "val" else [self.keys["test"], self.keys["val"]]
+        exact, normal = exact_key(text), normal_key(text)
+        if any(exact in s[0] for s in sets):
+            return "exact"
+        if any(normal in s[1] for s in sets):
+            return "normalised"
+        return None
+
+    def templates_for(self, trace: dict) -> list[str]:
+        if (trace.get("meta") or {}).get("passthrough"):
+            return [passthrough.NAME]
+        return choose_templates(trace["id"], self.templates, self.renders, self.seed)
+
+    def sample_count(self, trace: dict, split: str, category: str) -> int:
+        chosen = self.templates_for(trace)
+        if self.per_step and split != "test" and category == "positive" and chosen != [passthrough.NAME]:
+            return sum(_trained_steps(trace, t) for t in chosen)
+        return len(chosen)
+
+    def samples(self, trace: dict, split: str, category: str) -> list[dict]:
+        out = []
+        for template in self.templates_for(trace):
+            if template == passthrough.NAME:
+                out.append(render_trace(trace, template, passthrough.TOOL_FORMAT))
+                continue
+            fmt = choose_tool_format(trace["id"], template, self.tool_formats, self.seed)
+            sample = render_trace(trace, template, fmt, self.renderers)
+            if self.per_step and split != "test" and category == "positive":
+                out.extend(per_step(sample))
+            else:
+                out.append(sample)
+        return out
+
+    def decode(self, pos: int) -> tuple[str, str, bool]:
+        code = self.codes[pos]
+        return SPLITS[code & 3], CATEGORIES[code >> 2 & 7], bool(code & DROPPED)
+
+    def select_u(self, trace_id: str) -> float:
+        return _unit_interval("select", self.seed, trace_id)
+
+    # The passes --------------------------------------------------------------------------------------------------
+
+    def pass1(self) -> None:
+        d = self.cfg["split"]["decontam"]
+        self.overlap = NgramOverlap(d["ngram"], d["boilerplate_docs"])
+        held = {s: (KeySet(), KeySet()) for s in ("val", "test")}
+        self.tool_lists = {s: ToolListIndex(self.max_tool_lists) for s in SPLITS}
+        self.upper_positives = Counter()
+        self.read_by_role: Counter = Counter()
+        self.read_by_source: Counter = Counter()
+        self.moved: Counter = Counter()
+        id_keys = array("Q")
+        # One byte per item carries split, category and (from pass 2) the duplicate flag to the later passes.
+        self.codes = bytearray()
+        for _, path, line, trace in _read_traces(self.paths):
+            where = f"{path}:{line}"
+            category = self.category(trace, where)
+            split, why = self.split_of(trace, category)
+            self.codes.append(SPLITS.index(split) | CATEGORIES.index(category) << 2)
+            self.read_by_role[self.roles.get(trace["source"], "traces")] += 1
+            self.read_by_source[trace["source"]] += 1
+            self.moved[why] += 1
+            id_keys.append(exact_key(trace["id"]))
+            if split in held:
+                text = query_key_text(trace)
+                held[split][0].add(exact_key(text))
+                held[split][1].add(normal_key(text))
+            if split == "test":
+                self.overlap.add_item(trace["id"], query_text(trace))
+            if category == "positive":
+                trace, _ = self.strip_holdout(trace, split)
+                self.upper_positives[split] += self.sample_count(trace, split, category)
+                self.tool_lists[split].add(trace["tools"])
+        ids = np.frombuffer(id_keys, dtype=np.uint64) if id_keys else np.zeros(0, np.uint64)
+        if len(np.unique(ids)) != len(ids):
+            self._raise_duplicate_id()
+        self.keys = {s: (a.freeze(), b.freeze()) for s, (a, b) in held.items()}
+        self.overlap.freeze()
+        for index in self.tool_lists.values():
+            index.freeze()
+
+    def _raise_duplicate_id(self) -> None:
+        seen: dict[str, str] = {}
+        for _, path, line, trace in _read_traces(self.paths):
+            if trace["id"] in seen:
+                raise FormatError(f"{path}:{line}: id={trace['id']}: duplicate trace id (first at {seen[trace['id']]})")
+            seen[trace["id"]] = f"{path}:{line}"
+
+    def pass2(self) -> None:
+        self.positives = Counter()
+        self.fixed = Counter()
+        self.dropped = {s: Counter() for s in SPLITS}
+        cand_u = {(s, k): array("d") for s in SPLITS for k in ("user", "no_tool")}
+        general_u = {s: array("d") for s in SPLITS}
+        general_pos = {s: array("Q") for s in SPLITS}
+        per_negative = max(self.renders, 1)
+        mining = "mined" in self.order and self.ratio is not None
+        bound = {s: (math.ceil(self.upper_positives[s] / self.ratio / per_negative) + 1 if mining else 0)
+                 for s in SPLITS}
+        self.hardest = {s: TopK(bound[s]) for s in SPLITS}
+        self.mined_scored = Counter()
+        for pos, _, _, trace in _read_traces(self.paths, validate=False):
+            split, category, _ = self.decode(pos)
+            dup = self.duplicate(split, trace)
+            if dup:
+                self.dropped[split][f"{category}:{dup}"] += 1
+                self.codes[pos] |= DROPPED
+                continue
+            trace, _ = self.strip_holdout(trace, split)
+            if category == "positive":
+                self.positives[split] += self.sample_count(trace, split, category)
+            elif category == "fixed":
+                self.fixed[split] += self.sample_count(trace, split, category)
+            elif category in ("user", "no_tool"):
+                cand_u[(split, category)].append(self.select_u(trace["id"]))
+            else:  # general
+                u = self.select_u(trace["id"])
+                if mining:
+                    score, best = self.tool_lists[split].best(query_text(trace))
+                    if best >= 0 and score > self.min_score:
+                        self.mined_scored[split] += 1
+                        self.hardest[split].push(score, u, (pos, best))
+                if split != "test":
+                    general_u[split].append(u)
+                    general_pos[split].append(pos)
+        self.plan_splits(cand_u, general_u, general_pos, per_negative)
+
+    def plan_splits(self, cand_u, general_u, general_pos, per_negative: int) -> None:
+        self.threshold: dict[tuple[str, str], float] = {}
+        self.mined: dict[str, dict[int, tuple[int, float]]] = {}
+        self.general_threshold: dict[str, float] = {}
+        self.plan: dict[str, dict] = {}
+        for split in SPLITS:
+            p, fixed = self.positives[split], self.fixed[split]
+            available = {"user": len(cand_u[(split, "user")]), "no_tool": len(cand_u[(split, "no_tool")]),
+                         "mined": len(self.hardest[split])}
+            take = {}
+            if self.ratio is None:  # no target: every user and no-tool negative, nothing mined
+                take = {"user": available["user"], "no_tool": available["no_tool"], "mined": 0}
+                target = None
+            else:
+                target = mix.negatives_target(p, self.ratio)
+                # Negative traces still needed (each gives per_negative samples), rounded half up.
+                need = (2 * (target - fixed) + per_negative) // (2 * per_negative) if target > fixed else 0
+                for kind in NEGATIVE_KINDS:
+                    take[kind] = 0
+                for kind in self.order:
+                    take[kind] = min(need, available[kind])
+                    need -= take[kind]
+            for kind in ("user", "no_tool"):
+                self.threshold[(split, kind)] = mix.smallest(np.frombuffer(cand_u[(split, kind)], dtype=np.float64)
+                                                             if cand_u[(split, kind)] else np.zeros(0), take[kind])
+            chosen = self.hardest[split].items()[: take["mined"]]
+            self.mined[split] = {pos: (best, score) for score, _, (pos, best) in chosen}
+            negatives = fixed + per_negative * (take["user"] + take["no_tool"] + take["mined"])
+            plan = {"positives": p, "negatives": negatives, "target_negatives": target,
+                    "taken": {"fixed": fixed, **{k: take[k] for k in NEGATIVE_KINDS}},
+                    "available": available, "hardest_scores": [round(s, 4) for s, _, _ in chosen[:5]]}
+            # General chat: train and val only, never items already used as mined negatives.
+            general = 0
+            if split != "test" and self.eta < 1:
+                us = np.frombuffer(general_u[split], dtype=np.float64) if general_u[split] else np.zeros(0)
+                pos = np.frombuffer(general_pos[split], dtype=np.uint64) if general_pos[split] else np.zeros(0, np.uint64)
+                free = ~np.isin(pos, np.fromiter(self.mined[split], dtype=np.uint64, count=len(self.mined[split])))
+                wanted = mix.general_target(p + negatives, self.eta)
+                general = min(wanted, int(free.sum()))
+                self.general_threshold[split] = mix.smallest(us[free], general)
+                plan["general_target"] = wanted
+            else:
+                self.general_threshold[split] = -1.0
+            plan["general"] = general
+            self.plan[split] = plan
+
+    def pass3(self, out_dir: Path) -> dict:
+        counts = {s: Counter() for s in SPLITS}
+        lengths = {s: (array("I"), array("I")) for s in SPLITS}
+        outcome = Counter()
+        tools_removed = 0
+        test_items: set[str] = set()
+        files = {}
+        try:
+            for split in SPLITS:
+                files[(split, "agent")] = open(out_dir / f".{split}.agent.tmp", "w", encoding="utf-8", newline="\n")
+                files[(split, "general")] = open(out_dir / f".{split}.general.tmp", "w", encoding="utf-8", newline="\n")
+            written = Counter()
+
+            def emit(split: str, stream: str, samples: list[dict]) -> None:
+                for sample in samples:
+                    files[(split, stream)].write(_dumps(sample) + "\n")
+                    written[(split, stream)] += 1
+                    c = counts[split]
+                    c["samples"] += 1
+                    c[f"kind:{sample['kind']}"] += 1
+                    c[f"template:{sample['template']}"] += 1
+                    c[f"tool_format:{sample['tool_format']}"] += 1
+                    c[f"source:{sample['source']}"] += 1
+                    if "negative_kind" in sample:
+                        c[f"negative_kind:{sample['negative_kind']}"] += 1
+                    if sample.get("general"):
+                        c["general"] += 1
+                    chars = sum(len(m["content"]) for m in sample["messages"])
+                    trained = sum(len(m["content"]) for m in sample["messages"] if m["role"] == "assistant" and m["loss"])
+                    lengths[split][0].append(chars)
+                    lengths[split][1].append(trained)
+
+            for pos, _, _, trace in _read_traces(self.paths, validate=False):
+                split, category, dropped = self.decode(pos)
+                role = self.roles.get(trace["source"], "traces")
+                if dropped:
+                    outcome[(role, "dropped_duplicate_query")] += 1
+                    continue
+                trace, removed = self.strip_holdout(trace, split)
+                tools_removed += removed
+                if category == "general":
+                    if pos in self.mined[split]:
+                        best, score = self.mined[split][pos]
+                        negative = mined_trace(trace, self.tool_lists[split].lists[best], score)
+                        emit(split, "agent", [dict(s, negative_kind="mined", mined_score=round(score, 6))
+                                              for s in self.samples(negative, split, "no_tool")])
+                        outcome[(role, "mined_negative")] += 1
+                        self._seen_by(split, trace, test_items)
+                    elif split != "test" and self.select_u(trace["id"]) <= self.general_threshold[split]:
+                        emit(split, "general", [dict(render_trace(trace, passthrough.NAME, passthrough.TOOL_FORMAT),
+                                                     general=True)])
+                        outcome[(role, "mixed_general")] += 1
+                        self._seen_by(split, trace, test_items)
+                    else:
+                        outcome[(role, "unused")] += 1
+                    continue
+                if category in ("user", "no_tool") and self.select_u(trace["id"]) > self.threshold[(split, category)]:
+                    outcome[(role, "unused_negative")] += 1
+                    continue
+                samples = self.samples(trace, split, category)
+                meta = trace.get("meta") or {}
+                extra = {}
+                if category != "positive":
+                    extra = {"kind": "no_tool", "negative_kind": "no_tool" if category == "fixed" else category}
+                if meta.get("eval_only"):
+                    extra["eval_only"] = True
+                emit(split, "agent", [dict(s, **extra) for s in samples])
+                outcome[(role, "rendered")] += 1
+                self._seen_by(split, trace, test_items)
+            for f in files.values():
+                f.close()
+            for split in SPLITS:
+                self._merge(out_dir, split, written[(split, "agent")], written[(split, "general")])
+        finally:
+            for f in files.values():
+                f.close()
+            for split in SPLITS:
+                for stream in ("agent", "general"):
+                    (out_dir / f".{split}.{stream}.tmp").unlink(missing_ok=True)
+        return {"counts": counts, "lengths": lengths, "outcome": outcome, "tools_removed": tools_removed,
+                "test_items": test_items}
+
+    def _seen_by(self, split: str, trace: dict, test_items: set[str]) -> None:
+        """Training text goes past the held-out n-grams; test items are remembered for the report."""
+        if split == "train":
+            self.overlap.scan("\n".join(m["content"] for m in trace["messages"] if m["role"] in ("user", "assistant")))
+        elif split == "test":
+            test_items.add(trace["id"])
+
+    @staticmethod
+    def _merge(out_dir: Path, split: str, n_agent: int, n_general: int) -> None:
+        """Interleave the general chat into the agent samples in proportion, into a temp file beside the target."""
+        target = out_dir / f".{split}.jsonl.tmp"
+        with open(out_dir / f".{split}.agent.tmp", encoding="utf-8") as a, \
+                open(out_dir / f".{split}.general.tmp", encoding="utf-8") as g, \
+                open(target, "w", encoding="utf-8", newline="\n") as out:
+            for row in mix.interleave(a, n_agent, g, n_general):
+                out.write(row)
+
+
+def _percentiles(values: array) -> dict:
+    if not values:
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    v = np.sort(np.frombuffer(values, dtype=np.uint32))
+
+    def rank(q: int) -> int:
+        # Nearest rank: an actual sample's length, exact integer arithmetic, the same on every platform.
+        return int(v[max(0, (q * len(v) + 99) // 100 - 1)])
+
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": int(v[-1])}
+
+
+def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict, seed: int,
+                   roles: dict[str, str] | None = None, tokenizer=None, ingest_stats: dict | None = None,
+                   log=print) -> dict:
+    """Split, render and write samples (see the module docstring); return the stats. With `ingest_stats` (the
+    ingest stage's stats of these traces) the stats carry the per-source ingest accounting too, and the number
+    of traces read must equal the number ingest kept."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_config(cfg)
+    renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
+    stage = _Stage([Path(p) for p in trace_paths], cfg, seed, roles or {}, renderers)
+    try:
+        stage.pass1()
+        stage.pass2()
+        result = stage.pass3(out_dir)
+        stats = _stats(stage, result)
+        if ingest_stats is not None:
+            kept = ingest_stats["total"]["kept"]
+            if kept != stats["traces_read"]:
+                raise FormatError(f"ingest kept {kept} traces but {stats['traces_read']} were read: the traces file "
+                                  "and the ingest stats do not belong together")
+            stats["ingest"] = {s["name"]: {k: s[k] for k in ("format", "read", "kept", "quarantined", "deduplicated",
+                                                              "quarantined_by_kind")} for s in ingest_stats["sources"]}
+        # Only now, with every check passed, do the three files replace earlier ones.
+        for split in SPLITS:
+            os.replace(out_dir / f".{split}.jsonl.tmp", out_dir / f"{split}.jsonl")
+    finally:
+        for split in SPLITS:
+            (out_dir / f".{split}.jsonl.tmp").unlink(missing_ok=True)
+    return stats
+
+
+def _stats(stage: _Stage, result: dict) -> dict:
+    counts, outcome = result["counts"], result["outcome"]
+    ratio, eta = {}, {}
+    for split in SPLITS:
+        plan, c = stage.plan[split], counts[split]
+        p, n = plan["positives"], plan["negatives"]
+        if c["kind:tool"] != p or c["kind:no_tool"] - c["general"] != n:
+            raise AssertionError(f"{split}: planned {p} positives / {n} negatives, wrote "
+                                 f"{c['kind:tool']} / {c['kind:no_tool'] - c['general']}")
+        ratio[split] = {
+            "positives": p, "negatives": n, "achieved": mix.fraction(p, n),
+            "positives_per_negative": round(p / n, 6) if n else None,
+            "target_negatives": plan["target_negatives"],
+            "negatives_by_kind": plan["taken"], "candidates": plan["available"],
+            "hardest_mined_scores": plan["hardest_scores"],
+        }
+        if split != "test":
+            agent = p + n
+            eta[split] = {"agent": agent, "general": c["general"], "general_target": plan.get("general_target", 0),
+                          "achieved": mix.fraction(agent, agent + c["general"]),
+                          "achieved_value": round(agent / (agent + c["general"]), 6) if agent + c["general"] else None}
+    accounting = {}
+    for role in ROLES:
+        read = stage.read_by_role[role]
+        outs = {k: v for (r, k), v in sorted(outcome.items()) if r == role}
+        if read != sum(outs.values()):
+            raise AssertionError(f"accounting broken for role {role}: read {read}, outcomes {outs}")
+        if read:
+            accounting[role] = {"read": read, **outs}
+    lengths = {s: {"chars": _percentiles(result["lengths"][s][0]), "trained_chars": _percentiles(result["lengths"][s][1])}
+               for s in SPLITS}
+    ratio_cfg = stage.ratio
+    return {
+        "traces_read": sum(stage.read_by_role.values()),
+        "read_by_source": dict(sorted(stage.read_by_source.items())),
+        "accounting": accounting,
+        "splits": {s: dict(sorted(counts[s].items())) for s in SPLITS},
+        "ratio": {"target": None if ratio_cfg is None else f"{ratio_cfg:g}:1", "order": stage.order, **ratio},
+        "eta": {"target": stage.eta, **eta},
+        "split_assignment": dict(sorted(stage.moved.items())),
+        "holdout": {"tools": sorted(stage.holdout_tools), "tasks": sorted(stage.holdout_tasks),
+                    "tools_removed_from_train_val_lists": result["tools_removed"]},
+        "dropped_duplicate_queries": {s: dict(sorted(stage.dropped[s].items())) for s in SPLITS},
+        "contamination": stage.overlap.report(result["test_items"]),
+        "lengths": lengths,
+        "tool_lists_indexed": {s: len(stage.tool_lists[s].lists) for s in SPLITS},
+        "mining_candidates_scored": {s: stage.mined_scored[s] for s in SPLITS},
+    }

@@ -1,11 +1,13 @@
 # Shared names and small input functions. Every path of a run lives under results/<run>/.
+import json
+from pathlib import Path
+
 RUN = config["run"]
 OUT = f"results/{RUN}"
 MODEL_DIR = f"results/models/{config['model']['name']}"
 EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 EVAL_MODELS = ["base"] + [f"epoch-{e}" for e in EPOCHS]
 SPLITS = ["train", "val", "test"]
-SHARDS = list(range(config["tokenize"]["num_shards"]))
 
 
 wildcard_constraints:
@@ -15,11 +17,47 @@ wildcard_constraints:
     model=r"base|epoch-\d+",
 
 
-def trace_files(wildcards):
-    files = []
+# Data stage (rules/data.smk): the sources the ingest rule reads, and what format_samples needs.
+def ingest_sources():
+    """The demo traces (when enabled) and then data.sources, as {name, path, format, limit, role}."""
+    sources = []
     if config["data"].get("demo", {}).get("n_traces", 0) > 0:
-        files.append(f"{OUT}/traces/demo.jsonl")
-    return files
+        sources.append(
+            {
+                "name": "demo",
+                "path": f"{OUT}/traces/demo.jsonl",
+                "format": "canonical",
+                "limit": None,
+                "role": "traces",
+            }
+        )
+    for source in config["data"].get("sources", []):
+        sources.append(
+            {
+                "name": source["name"],
+                "path": source["path"],
+                "format": source["format"],
+                "limit": source.get("limit"),
+                "role": source.get("role", "traces"),
+            }
+        )
+    return sources
+
+
+def ingest_inputs(wildcards):
+    # A Hugging Face dataset is named, not a local file: nothing for Snakemake to track.
+    return [s["path"] for s in ingest_sources() if s["format"] != "hf_dataset"]
+
+
+def format_inputs(wildcards):
+    inputs = {
+        "traces": f"{OUT}/traces/traces.jsonl",
+        "ingest_stats": f"{OUT}/traces/ingest_stats.json",
+    }
+    # The tool_call template reads the model's chat template (its own tool prompt, if it has one).
+    if config["format"]["templates"].get("tool_call", 0) > 0:
+        inputs["model"] = MODEL_DIR
+    return inputs
 
 
 def previous_epoch(wildcards):
@@ -29,3 +67,20 @@ def previous_epoch(wildcards):
 
 def model_folder(wildcards):
     return MODEL_DIR if wildcards.model == "base" else f"{OUT}/checkpoints/{wildcards.model}"
+
+
+def shard_files(split, suffix="parquet"):
+    """Input function: the files of one split's token shards, as many as the shard plan (a checkpoint) made."""
+
+    def files(wildcards):
+        plan = json.loads(Path(checkpoints.plan_shards.get().output[0]).read_text())
+        return [
+            f"{OUT}/shards/{split}-{entry['shard']}.{suffix}"
+            for entry in plan["splits"][split]["shards"]
+        ]
+
+    return files
+
+
+def all_shard_stats(wildcards):
+    return [f for split in SPLITS for f in shard_files(split, "stats.json")(wildcards)]

@@ -1,11 +1,31 @@
-from agenttune.data import format_samples
+import json
+
+from agenttune.data import format_samples, resolve_config
 from agenttune.manifest import write_json_atomic, write_manifest
 from agenttune.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
-    cfg = {"split": snakemake.params.split, "format": snakemake.params.format}
-    stats = format_samples(snakemake.input.traces, snakemake.output.stats.rsplit("/", 1)[0], cfg, snakemake.params.seed)
+    cfg = resolve_config({"split": snakemake.params.split, "format": snakemake.params.format})
+    tokenizer = None
+    if "model" in snakemake.input.keys() and cfg["format"]["chat_template_tools"] == "auto":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(snakemake.input.model)
+    out_dir = snakemake.output.stats.rsplit("/", 1)[0]
+    with open(snakemake.input.ingest_stats, encoding="utf-8") as fh:
+        ingest_stats = json.load(fh)
+    stats = format_samples([snakemake.input.traces], out_dir, cfg, snakemake.params.seed,
+                           roles=dict(snakemake.params.roles), tokenizer=tokenizer, ingest_stats=ingest_stats,
+                           log=log)
     write_json_atomic(snakemake.output.stats, stats)
-    inputs = {f"traces{i}": p for i, p in enumerate(snakemake.input.traces)}
-    write_manifest(snakemake.output.manifest, "format_samples", inputs, {**cfg, "seed": snakemake.params.seed})
-    log(f"{stats['traces_read']} traces -> " + ", ".join(f"{s}: {c.get('samples', 0)}" for s, c in stats["splits"].items()))
+    inputs = {"traces": snakemake.input.traces}
+    if "model" in snakemake.input.keys():
+        inputs["model"] = snakemake.input.model
+    write_manifest(snakemake.output.manifest, "format_samples", inputs,
+                   {**cfg, "roles": dict(snakemake.params.roles), "seed": snakemake.params.seed})
+    for split, c in stats["splits"].items():
+        r = stats["ratio"][split]
+        log(f"{split}: {c.get('samples', 0)} samples, positives:negatives {r['achieved']}"
+            + (f", agent share {stats['eta'][split]['achieved']}" if split in stats["eta"] else ""))
+    log(f"contamination: {stats['contamination']['items_overlapping']} of {stats['contamination']['items']} test "
+        f"items share a {stats['contamination']['ngram']}-gram with training text")

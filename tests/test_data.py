@@ -1,7 +1,19 @@
+import copy
 import json
+from collections import Counter
+from pathlib import Path
 
-from agenttune.data import SPLITS, assign_split, format_samples, read_samples, render_trace
+import pytest
+import yaml
+
+from agenttune.benchmarks import items_from_samples
+from agenttune.data import (DEFAULTS, SPLITS, FormatError, assign_split, format_samples, read_samples, render_trace,
+                            resolve_config)
+from agenttune.decontam import normal_key, query_key_text
+from agenttune.demo.generator import generate_traces
 from agenttune.parse import parse
+from agenttune.render import get_template
+from agenttune.traces.ingest import SourceSpec, ingest
 
 from test_canonical import GOOD
 
@@ -49,3 +61,310 @@ def test_react_render_round_trips_through_the_parser():
     assert final.status == "answer" and final.final_answer == "4 C in Oslo."
     assert [m["role"] for m in sample["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert sample["messages"][3]["content"].startswith("Observation: ") and not sample["messages"][3]["loss"]
+
+
+# --- the full stage ---------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_TEMPLATES = {"react": 2, "openai_json": 1, "autogpt": 1, "tool_call": 1}
+ALL_FORMATS = {"react_list": 1, "json_schema": 1, "autogpt": 1}
+
+
+def _write(path, traces):
+    path.write_text("".join(json.dumps(t) + "\n" for t in traces), encoding="utf-8")
+    return path
+
+
+def _general(n):
+    return [{"id": f"g{i}", "source": "chat", "tools": [], "meta": {"kind": "no_tool"},
+             "messages": [{"role": "user", "content": f"Tell me about the weather of planet {i}."},
+                          {"role": "assistant", "content": f"Planet {i} is cold."}]} for i in range(n)]
+
+
+def _full_cfg(**fmt):
+    return {"split": {"val": 0.1, "test": 0.2, "holdout": {"tools": ["translate"], "tasks": []}},
+            "format": {"templates": ALL_TEMPLATES, "tool_formats": ALL_FORMATS, "renders_per_trace": 2,
+                       "mix": {"eta": 0.5}, **fmt}}
+
+
+def _all(out):
+    return {s: read_samples(Path(out) / f"{s}.jsonl") for s in SPLITS}
+
+
+def _schema_defaults(node):
+    """The `default` values of a schema node's properties, nested."""
+    out = {}
+    for key, sub in node.get("properties", {}).items():
+        if "default" in sub:
+            out[key] = sub["default"]
+        elif sub.get("type") == "object":
+            nested = _schema_defaults(sub)
+            if nested:
+                out[key] = nested
+    return out
+
+
+def test_schema_documents_the_library_defaults():
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    for section in ("split", "format"):
+        assert _schema_defaults(schema["properties"][section]) == DEFAULTS[section]
+    filled = resolve_config({"split": {"val": 0.1, "test": 0.1, "decontam": {"ngram": 5}},
+                             "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1},
+                                        "negatives": {"ratio": None}}})
+    assert filled["split"]["decontam"] == {"ngram": 5, "boilerplate_docs": 10}
+    assert filled["format"]["negatives"]["ratio"] is None and filled["format"]["negatives"]["max_tool_lists"] == 512
+
+
+def test_several_templates_per_trace_stay_in_one_split(tmp_path):
+    src = _write(tmp_path / "t.jsonl", generate_traces(300, seed=4))
+    format_samples([src], tmp_path / "out", _full_cfg(), seed=2)
+    where, templates = {}, {}
+    for split, samples in _all(tmp_path / "out").items():
+        for s in samples:
+            assert where.setdefault(s["trace_id"], split) == split
+            templates.setdefault(s["trace_id"], []).append(s["template"])
+    assert all(len(t) == 2 and len(set(t)) == 2 for t in templates.values())
+    counts = Counter(t for ts in templates.values() for t in ts)
+    # react has twice the weight of each other template: drawn first more often, so most frequent.
+    assert counts.most_common(1)[0][0] == "react" and len(counts) == 4
+
+
+def test_byte_identical_rerun_with_every_feature_on(tmp_path):
+    src = _write(tmp_path / "t.jsonl", generate_traces(250, seed=4))
+    general = _write(tmp_path / "g.jsonl", _general(900))
+    cfg = _full_cfg(per_step=True, negatives={"order": ["mined", "no_tool"]})
+    roles = {"chat": "general"}
+    a = format_samples([src, general], tmp_path / "a", cfg, seed=5, roles=roles)
+    b = format_samples([src, general], tmp_path / "b", copy.deepcopy(cfg), seed=5, roles=roles)
+    assert a == b
+    for split in SPLITS:
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+    c = format_samples([src, general], tmp_path / "c", cfg, seed=6, roles=roles)
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
+    assert a["splits"]["train"]["negative_kind:mined"] > 0 and a["splits"]["train"]["general"] > 0 and c
+
+
+def test_cross_split_duplicate_queries_are_removed(tmp_path):
+    base = generate_traces(200, seed=8)
+    variants = []
+    for i, t in enumerate(base[:120]):
+        v = json.loads(json.dumps(t))
+        v["id"] = f"copy-{i}"
+        user = next(m for m in v["messages"] if m["role"] == "user")
+        # Half exact copies, half normalised variants (case and punctuation).
+        user["content"] = user["content"] if i % 2 else user["content"].upper().replace("?", " ?!")
+        variants.append(v)
+    src = _write(tmp_path / "t.jsonl", base + variants)
+    stats = format_samples([src], tmp_path / "out", {"split": {"val": 0.15, "test": 0.25},
+                                                     "format": {"templates": {"react": 1},
+                                                                "tool_formats": {"react_list": 1}}}, seed=1)
+    samples = _all(tmp_path / "out")
+    keys = {s: {normal_key(query_key_text(_as_trace(x))) for x in samples[s]} for s in SPLITS}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["val"] and not keys["val"] & keys["test"]
+    dropped = stats["dropped_duplicate_queries"]
+    kinds = Counter(k.split(":")[1] for split in ("train", "val") for k, n in dropped[split].items() for _ in range(n))
+    assert kinds["exact"] > 0 and kinds["normalised"] > 0
+    assert stats["accounting"]["traces"]["dropped_duplicate_query"] == sum(kinds.values())
+    assert dropped["test"] == {}
+
+
+def _as_trace(sample):
+    """The user turns of a react sample as a canonical-looking trace, for query keys (strips "Question: ")."""
+    messages = [{"role": m["role"], "content": m["content"].removeprefix("Question: ")}
+                for m in sample["messages"] if m["role"] in ("user", "assistant")]
+    return {"messages": messages, "meta": {}}
+
+
+def test_holdout_tool_and_task(tmp_path):
+    traces = generate_traces(300, seed=9)
+    src = _write(tmp_path / "t.jsonl", traces)
+    cfg = {"split": {"val": 0.1, "test": 0.1, "holdout": {"tools": ["translate"], "tasks": ["github_api"]}},
+           "format": {"templates": {"react": 1}, "tool_formats": {"json_schema": 1}}}
+    stats = format_samples([src], tmp_path / "out", cfg, seed=1)
+    samples = _all(tmp_path / "out")
+    by_id = {t["id"]: t for t in traces}
+    for split, rows in samples.items():
+        for s in rows:
+            t = by_id[s["trace_id"]]
+            called = {c["name"] for m in t["messages"] for c in m.get("tool_calls") or []}
+            if "translate" in called or t["meta"].get("task") == "github_api":
+                assert split == "test"
+            if split != "test":
+                assert '"name": "translate"' not in s["messages"][0]["content"]
+    assert stats["split_assignment"]["holdout_tool"] > 0 and stats["split_assignment"]["holdout_task"] > 0
+    assert stats["holdout"]["tools_removed_from_train_val_lists"] > 0
+
+
+def test_per_step_samples(tmp_path):
+    src = _write(tmp_path / "t.jsonl", generate_traces(200, seed=10))
+    cfg = {"split": {"val": 0.1, "test": 0.2},
+           "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1}, "per_step": True}}
+    stats = format_samples([src], tmp_path / "out", cfg, seed=1)
+    samples = _all(tmp_path / "out")
+    for s in samples["train"] + samples["val"]:
+        trained = [m for m in s["messages"] if m["role"] == "assistant" and m["loss"]]
+        assert len(trained) == 1 and s["messages"][-1] == trained[0]
+        if s["kind"] == "tool":
+            assert "/step" in s["id"]
+    multi = [s for s in samples["train"] if s["id"].endswith("/step2")]
+    assert multi and all(len([m for m in s["messages"] if m["role"] == "assistant"]) == 3 for s in multi)
+    assert not [s for s in samples["test"] if "/step" in s["id"]]
+    assert stats["ratio"]["train"]["positives"] == sum(1 for s in samples["train"] if s["kind"] == "tool")
+
+
+def test_contamination_report_flags_a_planted_leak(tmp_path):
+    traces = generate_traces(200, seed=12)
+    cfg = {"split": {"val": 0.0, "test": 0.3}, "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1}}}
+    test_ids = [t["id"] for t in traces if assign_split(t["id"], 0.0, 0.3, 1) == "test"]
+    victim = next(t for t in traces if t["id"] == test_ids[0])
+    victim["messages"][0]["content"] = "Please find the opening hours of the old lighthouse museum in Bergen harbour."
+    leak = next(t for t in traces if assign_split(t["id"], 0.0, 0.3, 1) == "train" and t["meta"]["kind"] == "tool")
+    leak["messages"][-1]["content"] += " By the way: find the opening hours of the old lighthouse museum in Bergen."
+    src = _write(tmp_path / "t.jsonl", traces)
+    report = format_samples([src], tmp_path / "out", cfg, seed=1)["contamination"]
+    flagged = {e["item"] for e in report["examples"]}
+    assert victim["id"] in flagged
+    test_traces = {s["trace_id"] for s in read_samples(tmp_path / "out" / "test.jsonl")}
+    assert report["items"] == len(test_traces) and report["items_overlapping"] >= 1
+    assert report["share_overlapping"] < 0.5
+
+
+def test_ngram_overlap_ignores_shared_preambles():
+    from agenttune.decontam import NgramOverlap
+
+    preamble = "You will operate a MySQL database with SQL to answer the question below, one statement per turn."
+    overlap = NgramOverlap(n=6, boilerplate_docs=10)
+    for i in range(12):
+        overlap.add_item(f"db_{i}", f"{preamble}\nHow many drivers from country number {i} won a race in {1990 + i}?")
+    overlap.freeze()
+    for i in range(30):
+        overlap.scan(f"{preamble}\nList the tables about circuits number {i}.")
+    overlap.scan("Recall: how many drivers from country number 7 won a race in 1997? Nobody knows.")
+    report = overlap.report()
+    assert [e["item"] for e in report["examples"]] == ["db_7"] and report["items_overlapping"] == 1
+    assert report["boilerplate_ngrams_ignored"] > 0 and report["training_texts_scanned"] == 31
+
+
+def test_bad_input_names_file_line_and_field(tmp_path):
+    good = json.loads(json.dumps(GOOD))
+    bad = dict(good, id="t2", messages=[{"role": "robot", "content": "x"}])
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
+    cfg = {"split": {"val": 0.1, "test": 0.2}, "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1}}}
+    with pytest.raises(FormatError, match=r"t.jsonl:3: id=t2: field 'messages\[0\].role': unknown role 'robot'"):
+        format_samples([src], tmp_path / "out", cfg, seed=1)
+    src.write_text(json.dumps(good) + "\n" + "{not json\n")
+    with pytest.raises(FormatError, match=r"t.jsonl:2: malformed JSON"):
+        format_samples([src], tmp_path / "out", cfg, seed=1)
+    src.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(FormatError, match=r"t.jsonl:2: id=t1: duplicate trace id \(first at .*t.jsonl:1\)"):
+        format_samples([src], tmp_path / "out", cfg, seed=1)
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_ingest_then_format_accounts_for_every_record(tmp_path):
+    """Quarantine accounting from raw records to samples: read = kept + quarantined + deduplicated at ingest,
+    and every kept trace has exactly one outcome in the format stage."""
+    traces = generate_traces(120, seed=13)
+    lines = [json.dumps(t) for t in traces] + [
+        "{broken", json.dumps(traces[0]),  # malformed; exact duplicate
+        json.dumps(dict(traces[1], id="x1", messages=[])),  # empty trace
+        json.dumps(dict(traces[2], id="x2", tools=[])),  # calls a tool not in its list
+    ]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("\n".join(lines) + "\n")
+    general = _write(tmp_path / "g.jsonl", _general(300))
+    ing = ingest([SourceSpec("demo", str(raw), "canonical"), SourceSpec("chat", str(general), "canonical")],
+                 tmp_path / "traces.jsonl", tmp_path / "quarantine.jsonl", tmp_path / "ingest.json")
+    demo = ing["sources"][0]
+    assert (demo["read"], demo["kept"], demo["quarantined"], demo["deduplicated"]) == (124, 120, 3, 1)
+    assert demo["quarantined_by_kind"] == {"empty_trace": 1, "malformed_json": 1, "unknown_tool": 1}
+    stats = format_samples([tmp_path / "traces.jsonl"], tmp_path / "out", _full_cfg(), seed=1, roles={"chat": "general"})
+    assert stats["traces_read"] == ing["total"]["kept"] == 420
+    assert stats["accounting"]["traces"]["read"] == 120 and stats["accounting"]["general"]["read"] == 300
+    for role in stats["accounting"].values():
+        assert role["read"] == sum(v for k, v in role.items() if k != "read")
+
+
+def test_samples_keep_the_evaluation_contract(tmp_path):
+    src = _write(tmp_path / "t.jsonl", generate_traces(200, seed=14))
+    general = _write(tmp_path / "g.jsonl", _general(400))
+    stats = format_samples([src, general], tmp_path / "out", _full_cfg(negatives={"order": ["no_tool", "mined"]}),
+                           seed=1, roles={"chat": "general"})
+    samples = _all(tmp_path / "out")
+    for split, rows in samples.items():
+        for s in rows:
+            assert {"id", "trace_id", "source", "kind", "task", "template", "tool_format", "messages"} <= set(s)
+            assert s["kind"] in ("tool", "no_tool")
+            for m in s["messages"]:
+                assert m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str)
+                assert isinstance(m["loss"], bool) and (("tool_calls" in m) == (m["role"] == "assistant"))
+            if s["kind"] == "no_tool":
+                assert s.get("general") or s["negative_kind"] in ("user", "no_tool", "mined")
+        assert len({s["id"] for s in rows}) == len(rows)
+    items = items_from_samples(samples["test"], "heldout", "test")
+    assert {it["template"] for it in items} == set(ALL_TEMPLATES)
+    for it in items:
+        get_template(it["template"]).STOP
+        if it["expected"] is None:
+            assert it["kind"] == "no_tool"
+    lengths = stats["lengths"]["train"]["chars"]
+    assert lengths["p50"] <= lengths["p90"] <= lengths["p99"] <= lengths["max"]
+    assert lengths["max"] == max(sum(len(m["content"]) for m in s["messages"]) for s in samples["train"])
+    for split in SPLITS:
+        c = stats["splits"][split]
+        assert c["samples"] == len(samples[split])
+        assert sum(v for k, v in c.items() if k.startswith("template:")) == c["samples"]
+        assert sum(v for k, v in c.items() if k.startswith("tool_format:")) == c["samples"]
+
+
+@pytest.mark.slow
+def test_rules_ingest_configured_sources_with_roles(tmp_path):
+    """The ingest and format_samples rules on the tiny config plus two configured sources: a ShareGPT-tools file
+    with a bad record (quarantined) and Alpaca general chat mixed at eta."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = "pytest-format"
+    out = REPO / "results" / run
+    shutil.rmtree(out, ignore_errors=True)
+    glaive = tmp_path / "glaive.json"
+    tool = json.dumps([{"name": "get_weather", "description": "Weather in a city.",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                       "required": ["city"]}}])
+    glaive.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": f"Weather in city {i}?"},
+                           {"from": "function_call", "value": json.dumps({"name": "get_weather",
+                                                                         "arguments": {"city": f"C{i}"}})},
+                           {"from": "observation", "value": "sunny"},
+                           {"from": "gpt", "value": "Sunny."}], "tools": tool} for i in range(40)]
+        + [{"conversations": [{"from": "robot", "value": "?"}], "tools": tool}]))
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": f"Write a line about {i}.", "input": "", "output": f"{i}."}
+                                  for i in range(400)]))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "run": run,
+        "data": {"sources": [{"name": "glaive", "path": str(glaive), "format": "sharegpt_tools"},
+                             {"name": "alpaca", "path": str(alpaca), "format": "alpaca", "role": "general"}]},
+        "format": {"mix": {"eta": 0.5}},
+    }))
+    target = f"results/{run}/samples/stats.json"
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    # --configfile takes several files, so the target comes first.
+    proc = subprocess.run([snakemake, target, "--cores", "2", "--configfile", "config/test/config.yaml", str(overlay)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    try:
+        stats = json.loads((out / "samples" / "stats.json").read_text())
+        assert stats["ingest"]["glaive"]["quarantined_by_kind"] == {"unknown_role": 1}
+        assert stats["ingest"]["glaive"]["kept"] == 40 and stats["ingest"]["demo"]["kept"] == 60
+        assert stats["accounting"]["general"]["read"] == 400 and stats["eta"]["train"]["achieved_value"] == 0.5
+        assert stats["splits"]["train"]["source:glaive"] > 0
+        assert (out / "traces" / "quarantine.jsonl").read_text().count("\n") == 1
+        # The tool_call template is in the tiny config's mix, so the stage read the model's chat template.
+        assert "model" in json.loads((out / "samples" / "manifest.json").read_text())["inputs"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

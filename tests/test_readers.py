@@ -67,10 +67,11 @@ WEATHER = {
 
 
 def test_registry_lists_every_reader_and_names_known_formats_on_error():
-    assert set(READERS) == {"canonical", "agentinstruct", "sharegpt_tools", "openai_messages", "bfcl", "hf_dataset"}
+    assert set(READERS) == {"canonical", "agentinstruct", "sharegpt_tools", "openai_messages", "bfcl", "hf_dataset",
+                            "alpaca"}
     for name, module in READERS.items():
         assert module.FORMAT == name and callable(module.records) and callable(module.to_trace)
-    with pytest.raises(ValueError, match="unknown trace format 'nope'; known formats: agentinstruct, bfcl"):
+    with pytest.raises(ValueError, match="unknown trace format 'nope'; known formats: agentinstruct, alpaca, bfcl"):
         get_reader("nope")
 
 
@@ -706,3 +707,41 @@ def test_real_bfcl(tmp_path):
         for t in irrelevance
     )
     assert all(t["meta"]["eval_only"] for t in traces)
+
+
+# --- alpaca (general chat for mixing and mining) -------------------------------------------------------------------
+
+
+def test_alpaca_fixture(tmp_path):
+    records = [
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Translate.", "input": "Hallo", "output": "Hello", "system": "Be terse.",
+         "history": [["Hi", "Hello!"]]},
+        {"instruction": "No answer here.", "input": ""},
+        {"instruction": 7, "output": "x"},
+        {"instruction": "Bad history.", "output": "x", "history": [["only one"]]},
+        {"instruction": "   ", "output": "x"},
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    ]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    stats, traces, quarantine = run(tmp_path, SourceSpec("chat", str(path), "alpaca"))
+    assert counts(stats) == [(7, 2, 4, 1)]
+    assert [(q["line"], q["unit"], q["field"]) for q in quarantine] == [
+        (3, "index", "output"), (4, "index", "instruction"), (5, "index", "history[0]"), (6, "index", "instruction")]
+    assert quarantine[3]["kind"] == "empty_trace"
+    assert traces[0] == {"id": "chat:1", "source": "chat", "tools": [], "meta": {"kind": "no_tool"},
+                         "messages": [{"role": "user", "content": "Name a colour."},
+                                      {"role": "assistant", "content": "Blue."}]}
+    assert [(m["role"], m["content"]) for m in traces[1]["messages"]] == [
+        ("system", "Be terse."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Translate.\n\nHallo"),
+        ("assistant", "Hello")]
+
+
+def test_real_alpaca(tmp_path):
+    path = need_data("alpaca/alpaca_en_demo.json")
+    stats, traces, _ = run(tmp_path, SourceSpec("alpaca", str(path), "alpaca"))
+    report(stats)
+    assert counts(stats) == [(999, 985, 0, 14)]  # 14 exact repeats in the file
+    with_input = [t for t in traces if "\n\n" in t["messages"][0]["content"]]
+    assert len(with_input) > 350 and all(t["tools"] == [] and len(t["messages"]) == 2 for t in traces)

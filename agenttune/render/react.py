@@ -2,17 +2,21 @@
 
 The system turn holds the instruction and the tools; each assistant step is one Thought plus one Action and its
 Action Input (JSON), or a Final Answer; tool results come back as user turns starting with `Observation:`
-(context, never trained on). Generation stops at `Observation:`.
+(context, never trained on). Generation stops at `Observation:`. A ReAct step names one action, so parallel
+calls become consecutive steps, each followed by its own Observation (agenttune.parse reads one action per step).
 """
 
 from __future__ import annotations
 
-import json
+import re
 
+from agenttune.render.common import assistant, dump, join_system, own_system, system, tool_names, turns, user
 from agenttune.render.tool_formats import describe_tools
 
 NAME = "react"
 STOP = ("Observation:",)
+# One call per assistant step: parallel calls become consecutive steps (agenttune.render.common.turns).
+ONE_CALL_PER_STEP = True
 
 INSTRUCTION = """Answer the following questions as best you can. You have access to the following tools:
 
@@ -33,40 +37,41 @@ If no tool is needed, answer directly with a Thought and a Final Answer.
 
 Begin!"""
 
+# Some sources (ToolBench) already start their step text with "Thought:"; the template adds its own.
+_LEADING_THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.I)
+# ToolBench's step text also carries lines like "Action: Call the 'x' function with ...": inside a ReAct step they
+# would be read as the step's action, so such lines of a source's own thought text are dropped (the step's real
+# Action line follows).
+_KEYWORD_LINE = re.compile(r"^[ \t]*(?:Action|Action[ \t]*Input|Observation|Final[ \t]*Answer)[ \t]*:.*\n?",
+                           re.M | re.I)
+
+
+def clean_thought(text: str) -> str:
+    text = _KEYWORD_LINE.sub("", _LEADING_THOUGHT.sub("", text.strip()))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
 
 def format_call(call: dict) -> str:
-    args = json.dumps(call["arguments"], ensure_ascii=False, separators=(", ", ": "))
-    return f"Action: {call['name']}\nAction Input: {args}"
+    return f"Action: {call['name']}\nAction Input: {dump(call['arguments'])}"
 
 
 def render(trace: dict, tool_format: str = "react_list") -> list[dict]:
     tools = trace["tools"]
-    system = INSTRUCTION.format(tools=describe_tools(tools, tool_format), tool_names=", ".join(t["name"] for t in tools))
-    messages = [{"role": "system", "content": system, "loss": False}]
+    instructions = INSTRUCTION.format(tools=describe_tools(tools, tool_format), tool_names=tool_names(tools))
+    messages = [system(join_system(own_system(trace), instructions))]
     used_tool = False
-    pending_observations: list[str] = []
-    for msg in trace["messages"]:
-        role = msg["role"]
-        if role == "system":
-            # A trace's own system text is kept as context ahead of the ReAct instruction.
-            messages[0]["content"] = msg["content"].strip() + "\n\n" + system
-        elif role == "user":
-            messages.append({"role": "user", "content": f"Question: {msg['content']}", "loss": False})
-        elif role == "tool":
-            pending_observations.append(f"Observation: {msg['content']}")
-        else:
-            if pending_observations:
-                messages.append({"role": "user", "content": "\n".join(pending_observations), "loss": False})
-                pending_observations = []
-            calls = msg.get("tool_calls") or []
-            thought = msg["content"].strip()
-            if calls:
+    for turn in turns(trace, ONE_CALL_PER_STEP):
+        if turn["role"] == "user":
+            messages.append(user(f"Question: {turn['content']}"))
+        elif turn["role"] == "assistant":
+            if turn["calls"]:
                 used_tool = True
-                thought = thought or f"I should use {calls[0]['name']}."
-                body = f"Thought: {thought}\n" + "\n".join(format_call(c) for c in calls)
+                thought = clean_thought(turn["content"]) or f"I should use {turn['calls'][0]['name']}."
+                body = f"Thought: {thought}\n" + format_call(turn["calls"][0])
             else:
                 lead = "I now know the final answer." if used_tool else "I can answer this directly without a tool."
-                body = f"Thought: {lead}\nFinal Answer: {thought}"
-            loss = msg.get("loss") is not False
-            messages.append({"role": "assistant", "content": body, "loss": loss, "tool_calls": calls})
+                body = f"Thought: {lead}\nFinal Answer: {turn['content'].strip()}"
+            messages.append(assistant(body, turn["calls"], turn["loss"]))
+            if turn["results"]:
+                messages.append(user("\n".join(f"Observation: {r['content']}" for r in turn["results"])))
     return messages

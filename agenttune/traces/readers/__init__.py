@@ -282,6 +282,7 @@ READER_MODULES = [
     "openai_messages",
     "bfcl",
     "hf_dataset",
+    "alpaca",
 ]
 
 READERS: dict[str, ModuleType] = {}  # format name -> reader module
