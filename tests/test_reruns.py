@@ -1,0 +1,122 @@
+"""Reproducibility and partial re-runs, driven through the real Snakefile on the tiny config.
+
+One fixture runs the tiny pipeline twice from scratch (two run names) and the tests compare what they wrote, then
+plan re-runs after changing one thing at a time and check that exactly the expected rules would run.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = "config/test/config.yaml"
+RUN_A, RUN_B = "pytest-repro-a", "pytest-repro-b"
+
+
+def smk(*args, run=RUN_A, timeout=1500):
+    cmd = [SNAKEMAKE, *args, "--configfile", TINY, "--config", f"run={run}"]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_rules(*config_overrides, run=RUN_A) -> set[str]:
+    """Rules a dry run would execute, from Snakemake's job-stats table."""
+    cmd = [SNAKEMAKE, "-n", "--configfile", TINY, "--config", f"run={run}", *config_overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("Job stats:", 1)[1].split("Reasons:", 1)[0] if "Job stats:" in text else text
+    rules = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)}
+    return rules - {"total", "all"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def artefacts(run: str) -> dict[str, str]:
+    out = REPO / "results" / run
+    files = sorted(out.glob("samples/*.jsonl")) + sorted(out.glob("shards/*.parquet")) + \
+        sorted(out.glob("checkpoints/epoch-*/model.safetensors")) + sorted(out.glob("eval/*/predictions.jsonl")) + \
+        sorted(out.glob("eval/*/scores.json"))
+    return {str(f.relative_to(out)): sha256(f) for f in files}
+
+
+@pytest.fixture(scope="module")
+def two_runs():
+    for run in (RUN_A, RUN_B):
+        shutil.rmtree(REPO / "results" / run, ignore_errors=True)
+        proc = smk("--cores", "2", run=run)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    yield
+    for run in (RUN_A, RUN_B):
+        shutil.rmtree(REPO / "results" / run, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_produces_the_report(two_runs):
+    out = REPO / "results" / RUN_A
+    report = (out / "report.md").read_text()
+    assert "| base |" in report and "| epoch-1 |" in report and "| epoch-2 |" in report
+    for model in ("base", "epoch-1", "epoch-2"):
+        scores = json.loads((out / "eval" / model / "scores.json").read_text())
+        assert scores["summary"]["n"] > 0
+    m1 = json.loads((out / "checkpoints" / "epoch-1" / "metrics.json").read_text())
+    m2 = json.loads((out / "checkpoints" / "epoch-2" / "metrics.json").read_text())
+    assert m2["global_step"] == 2 * m1["global_step"]
+
+
+@pytest.mark.slow
+def test_two_fresh_runs_are_byte_identical(two_runs):
+    a, b = artefacts(RUN_A), artefacts(RUN_B)
+    kinds = {k.split("/")[0] for k in a}
+    assert {"samples", "shards", "checkpoints", "eval"} <= kinds
+    assert any(k.endswith("model.safetensors") for k in a) and any(k.endswith("scores.json") for k in a)
+    assert a == b
+
+
+@pytest.mark.slow
+def test_noop_rerun_plans_nothing(two_runs):
+    assert planned_rules() == set()
+
+
+@pytest.mark.slow
+def test_lambda_change_rescores_only(two_runs):
+    assert planned_rules("evaluate={'lambda': 0.75}") == {"score", "report"}
+
+
+@pytest.mark.slow
+def test_template_weight_change_reformats_and_below(two_runs):
+    rules = planned_rules("format={'tool_formats': {'react_list': 0.9, 'json_schema': 0.1}}")
+    assert "format_samples" in rules and "train_epoch" in rules and "report" in rules
+    assert not rules & {"demo_traces", "prepare_base_model"}
+
+
+@pytest.mark.slow
+def test_learning_rate_change_retrains_not_reformats(two_runs):
+    rules = planned_rules("train={'learning_rate': 0.002}")
+    assert {"train_epoch", "predict", "score", "report"} <= rules
+    assert not rules & {"demo_traces", "format_samples", "tokenize_shard", "prepare_base_model"}
+
+
+@pytest.mark.slow
+def test_editing_the_scoring_module_rescores_only(two_runs):
+    module = REPO / "agenttune" / "score.py"
+    stat = module.stat()
+    try:
+        later = time.time() + 5
+        os.utime(module, (later, later))
+        assert planned_rules() == {"score", "report"}
+    finally:
+        os.utime(module, (stat.st_atime, stat.st_mtime))
+    assert planned_rules() == set()
