@@ -1,55 +1,444 @@
-"""Generation: greedy, batched with left padding and the KV cache, stopping at the template's stop sequences."""
+"""Generation: greedy decoding, batched over a left-padded KV cache, stopping at eos or a template's stop strings.
+
+Takes: a causal LM folder (base model or checkpoint) and chat-formatted prompt strings, each with its own stop
+strings (a template module's `STOP`).
+Gives: one `Generation` per prompt (text cut before the first stop string, the number of generated tokens, why it
+stopped), in prompt order.
+
+Batched outputs are identical to one-by-one outputs, bit for bit, not merely close. Plain batched `generate()` with
+left padding is not: on CPU fp32 the last-token logits of a padded row differ from the same prompt run alone by
+~3e-5 (enough to flip a greedy choice now and then). Two causes were found, neither of them position ids (which
+transformers derives from the attention mask):
+
+1. Attention over padded keys. `softmax(QK^T) V` reduces over the key axis; with k padding keys in front, the real
+   keys fall into different SIMD/blocking groups of that reduction and the sum rounds differently (~1e-7 per
+   layer, with sdpa and with eager alike; an explicit mask does not help, zeros still shift the grouping).
+2. Matrix-multiply kernels that depend on the number of rows. A linear layer on 1 row (decoding one sequence) goes
+   through a GEMV kernel, 2-3 rows through another small-M path, 4+ rows through the GEMM kernel; each sums the
+   hidden dimension in another order (~3e-5 on the logits). Prefill is unaffected (hundreds of rows either way);
+   decoding is: 1 row alone versus B rows batched.
+
+The engine here removes both, so every row's arithmetic is the same whatever else is in the batch:
+- attention runs row by row over that row's real keys only (`rowwise_attention`, registered with transformers'
+  AttentionInterface), so the reduction length and grouping equal those of the prompt run alone;
+- linear layers never run on fewer rows than the smallest row count from which this machine's matmul gives
+  row-identical results (`gemm_invariant_rows`, probed once per weight shape; 4 on the AVX2 CPU seen here): small
+  inputs are padded with zero rows, which costs little while decoding is memory-bound;
+- each prompt is prefilled on its own (no padding in the compute-bound prefill, so no wasted work), then joins the
+  shared left-padded cache for batched decoding; finished rows leave and waiting prompts join as they go
+  (continuous batching), so the batch stays full.
+Models whose cache is not a plain full-attention `DynamicCache` (sliding-window layers, linear attention) use
+transformers' `generate()` instead, which is batched with left padding but only equal up to float rounding.
+"""
 
 from __future__ import annotations
 
+import functools
+import time
+from collections import deque
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+
+ROWWISE_ATTENTION = "agenttune_rowwise"
+# Largest row count probed when looking for matmul kernels that give row-identical results.
+_MAX_PROBE_ROWS = 64
 
 
-def load_for_generation(model_dir):
+@dataclass(frozen=True)
+class Generation:
+    text: str  # decoded new text, cut before the first stop string; special tokens dropped
+    tokens: int  # tokens generated (the eos token counts; tokens after a stop string do not exist)
+    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens reached)
+
+
+# --- batch-invariant attention ----------------------------------------------------------------------------------
+
+def _starts_from_mask(attention_mask, batch: int, key_len: int) -> list[int]:
+    """First real key of each row, from a 4D mask (bool: True = may attend; float: 0 = may attend) or None."""
+    if attention_mask is None:
+        return [0] * batch
+    last = attention_mask[:, 0, -1, :]
+    allowed = last if last.dtype == torch.bool else last == 0
+    starts = []
+    for b in range(batch):
+        idx = torch.nonzero(allowed[b]).flatten()
+        start = int(idx[0]) if len(idx) else key_len
+        if not bool(allowed[b, start:].all()):
+            raise ValueError("rowwise attention needs left padding: a row's real keys must be contiguous at the end")
+        starts.append(start)
+    return starts
+
+
+def rowwise_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      pad_starts=None, **kwargs):
+    """Attention computed one batch row at a time over that row's real (non-padding) keys.
+
+    query (B, H, Lq, D); key/value (B, Hkv, Lk, D); queries are aligned to the end of the keys (prefill: Lq = Lk;
+    decode: Lq = 1). `pad_starts[b]` is the index of row b's first real key (from the generation loop, or derived
+    from a left-padding mask). Query rows that are padding get zeros. Returns (B, Lq, H, D), None like transformers'
+    sdpa function.
+    """
+    batch, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    n_rep = heads // kv_heads
+    starts = [int(s) for s in pad_starts] if pad_starts is not None else _starts_from_mask(attention_mask, batch, k_len)
+    out = query.new_zeros(batch, heads, q_len, value.shape[-1])
+    for b in range(batch):
+        s = starts[b]
+        n_keys = k_len - s
+        n_q = min(q_len, n_keys)
+        if n_q <= 0:
+            continue
+        q = query[b:b + 1, :, q_len - n_q:]
+        k, v = key[b:b + 1, :, s:], value[b:b + 1, :, s:]
+        if n_q == 1:
+            # One query sees every key: attend per key head with the group's queries side by side (no K/V copies).
+            o = F.scaled_dot_product_attention(q.reshape(1, kv_heads, n_rep, dim), k, v, scale=scaling)
+            o = o.reshape(1, heads, 1, -1)
+        elif n_q == n_keys:
+            o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=True, enable_gqa=n_rep > 1)
+        else:  # queries after a cached prefix: causal, aligned bottom-right
+            mask = torch.ones(n_q, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_q)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=n_rep > 1)
+        out[b:b + 1, :, q_len - n_q:] = o
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def register_rowwise_attention() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ROWWISE_ATTENTION, rowwise_attention)
+    AttentionMaskInterface.register(ROWWISE_ATTENTION, sdpa_mask)
+    return ROWWISE_ATTENTION
+
+
+# --- batch-invariant linear layers ------------------------------------------------------------------------------
+
+# Row counts probed: every small count (where BLAS libraries switch kernels), then a few larger ones.
+_PROBE_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
+
+
+@functools.cache
+def gemm_invariant_rows(in_features: int, out_features: int, dtype: torch.dtype = torch.float32,
+                        device: str = "cpu", threads: int | None = None) -> int | None:
+    """The smallest row count m such that a linear layer of this shape gives every row bit-identical results for
+    any input of m or more rows (probed at the counts in _PROBE_ROWS, and at two row offsets). None if even 64 rows
+    differ from more: then batching cannot be made exact on this machine. Random data, once per shape and thread
+    count (kernels are chosen per thread count too; `make_batch_invariant` passes the current one)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    w = torch.randn(out_features, in_features, generator=gen).to(dtype=dtype, device=device)
+    x = torch.randn(_MAX_PROBE_ROWS + 8, in_features, generator=gen).to(dtype=dtype, device=device)
+    ref = F.linear(x, w)
+    candidate = None
+    for m in reversed(_PROBE_ROWS):
+        if not torch.equal(F.linear(x[:m], w), ref[:m]):
+            break
+        candidate = m
+    if candidate is not None and not torch.equal(F.linear(x[5:5 + candidate], w), ref[5:5 + candidate]):
+        return None
+    return candidate
+
+
+def make_batch_invariant(model, log=print) -> int:
+    """Hook every nn.Linear so that it never multiplies fewer rows than its shape's invariant row count (zero rows
+    are appended and their outputs dropped). Returns the largest such count; raises if some shape has none."""
+    device = str(next(model.parameters()).device)
+    needed = 1
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        rows = gemm_invariant_rows(module.in_features, module.out_features, module.weight.dtype, device,
+                                   torch.get_num_threads())
+        if rows is None:
+            raise RuntimeError(f"no row count up to {_MAX_PROBE_ROWS} gives row-identical matmuls for {name} "
+                               f"({module.in_features}x{module.out_features}) on this machine")
+        if rows > 1:
+            module.register_forward_pre_hook(functools.partial(_pad_rows_pre, rows))
+            module.register_forward_hook(_unpad_rows_post)
+        needed = max(needed, rows)
+    log(f"batch-invariant generation: linear layers padded to >= {needed} rows, attention row by row")
+    return needed
+
+
+def _pad_rows_pre(min_rows: int, module, args):
+    x = args[0]
+    rows = x.numel() // x.shape[-1]
+    module._agenttune_rows = None
+    if rows >= min_rows:
+        return None
+    module._agenttune_rows = (x.shape, rows)
+    flat = x.reshape(rows, x.shape[-1])
+    return (torch.cat([flat, flat.new_zeros(min_rows - rows, x.shape[-1])]),) + tuple(args[1:])
+
+
+def _unpad_rows_post(module, args, output):
+    saved = module._agenttune_rows
+    if saved is None:
+        return None
+    shape, rows = saved
+    module._agenttune_rows = None
+    return output[:rows].reshape(*shape[:-1], output.shape[-1])
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+def load_for_generation(model_dir, precision: str = "fp32", engine: str = "exact", log=print):
+    """Model and tokenizer for greedy generation. bf16 only on a GPU (CPU bf16 is ~20x slower, see the notes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if (precision == "bf16" and device == "cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    attn = register_rowwise_attention() if engine == "exact" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).to(device)
     model.eval()
+    model._agenttune_engine = engine
+    if engine == "exact":
+        if not _plain_dynamic_cache(model):
+            log("this model's KV cache is not a plain full-attention cache: generating with transformers' "
+                "generate() (batched outputs equal one-by-one outputs only up to float rounding)")
+            model.set_attn_implementation("sdpa")
+            model._agenttune_engine = "hf"
+        else:
+            make_batch_invariant(model, log)
     return model, tokenizer
 
 
-def truncate_at_stop(text: str, stops: tuple[str, ...]) -> str:
+def _plain_dynamic_cache(model) -> bool:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - an exotic config: not for this engine
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+# --- stopping ---------------------------------------------------------------------------------------------------
+
+def truncate_at_stop(text: str, stops) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; also say whether one was found."""
     cut = len(text)
     for s in stops:
         i = text.find(s)
         if i != -1:
             cut = min(cut, i)
-    return text[:cut]
+    return text[:cut], cut < len(text)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+class _Row:
+    """One prompt being decoded."""
+
+    __slots__ = ("index", "prompt_len", "new", "stops", "result")
+
+    def __init__(self, index: int, prompt_len: int, stops):
+        self.index, self.prompt_len, self.new, self.stops, self.result = index, prompt_len, [], tuple(stops), None
+
+    def push(self, token: int, tokenizer, eos: set[int], max_new_tokens: int) -> bool:
+        """Record a generated token; return True when the row is finished."""
+        self.new.append(token)
+        if token in eos:
+            self._finish(tokenizer, "eos", self.new[:-1])
+            return True
+        text, stopped = truncate_at_stop(tokenizer.decode(self.new, skip_special_tokens=True), self.stops)
+        if stopped:
+            self.result = Generation(text, len(self.new), "stop")
+            return True
+        if len(self.new) >= max_new_tokens:
+            self._finish(tokenizer, "length", self.new)
+            return True
+        return False
+
+    def _finish(self, tokenizer, reason: str, tokens: list[int]) -> None:
+        text, _ = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), self.stops)
+        self.result = Generation(text, len(self.new), reason)
+
+
+# --- the exact engine -------------------------------------------------------------------------------------------
+
+class _BatchCache:
+    """A left-padded KV cache shared by the rows being decoded: row b's real keys are [pad_starts[b], length)."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.pad_starts: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def add(self, row_cache) -> None:
+        """Append one prefilled row (a batch-of-one cache), aligning everyone's last key on the right."""
+        new_len = row_cache.get_seq_length()
+        if not self.pad_starts:
+            for layer, src in zip(self.cache.layers, row_cache.layers):
+                layer.lazy_initialization(src.keys, src.values)
+                layer.keys, layer.values = src.keys, src.values
+            self.pad_starts = [0]
+            return
+        old_len = self.length
+        grow = max(0, new_len - old_len)
+        for layer, src in zip(self.cache.layers, row_cache.layers):
+            keys, values = _left_pad(layer.keys, grow), _left_pad(layer.values, grow)
+            pad_new = old_len + grow - new_len
+            layer.keys = torch.cat([keys, _left_pad(src.keys, pad_new)])
+            layer.values = torch.cat([values, _left_pad(src.values, pad_new)])
+        self.pad_starts = [s + grow for s in self.pad_starts] + [old_len + grow - new_len]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, then drop columns that are padding for every remaining row."""
+        self.cache.batch_select_indices(torch.tensor(rows, dtype=torch.long, device=self.model.device))
+        self.pad_starts = [self.pad_starts[r] for r in rows]
+        trim = min(self.pad_starts) if self.pad_starts else 0
+        if trim:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, trim:], layer.values[:, :, trim:]
+            self.pad_starts = [s - trim for s in self.pad_starts]
+
+
+def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(
-        **enc,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        stop_strings=list(stops) if stops else None,
-        tokenizer=tokenizer,
-    )
-    new = out[:, enc["input_ids"].shape[1]:]
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [truncate_at_stop(t, stops).strip() for t in texts]
+def _generate_exact(model, tokenizer, prompt_ids: list[list[int]], stops: list[tuple], max_new_tokens: int,
+                    batch_size: int, progress, stats: dict) -> list[Generation]:
+    from transformers import DynamicCache
+
+    device = model.device
+    eos = _eos_ids(model, tokenizer)
+    results: list[Generation | None] = [None] * len(prompt_ids)
+    waiting = deque(range(len(prompt_ids)))
+    active: list[_Row] = []
+    batch = _BatchCache(model)
+    while waiting or active:
+        while waiting and len(active) < batch_size:
+            i = waiting.popleft()
+            row = _Row(i, len(prompt_ids[i]), stops[i])
+            cache = DynamicCache(config=model.config)
+            ids = torch.tensor([prompt_ids[i]], dtype=torch.long, device=device)
+            start = time.perf_counter()
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, pad_starts=[0])
+            stats["prefill_s"] += time.perf_counter() - start
+            stats["prefill_tokens"] += len(prompt_ids[i])
+            if row.push(int(out.logits[0, -1].argmax()), tokenizer, eos, max_new_tokens):
+                results[i] = row.result
+                progress()
+                continue
+            batch.add(cache)
+            active.append(row)
+        if not active:
+            continue
+        input_ids = torch.tensor([[r.new[-1]] for r in active], dtype=torch.long, device=device)
+        positions = torch.tensor([[r.prompt_len + len(r.new) - 1] for r in active], dtype=torch.long, device=device)
+        start = time.perf_counter()
+        out = model(input_ids=input_ids, position_ids=positions, past_key_values=batch.cache, use_cache=True,
+                    logits_to_keep=1, pad_starts=list(batch.pad_starts))
+        tokens = out.logits[:, -1].argmax(-1).tolist()
+        stats["decode_s"] += time.perf_counter() - start
+        stats["decode_steps"] += 1
+        stats["decode_tokens"] += len(active)
+        keep = []
+        for b, (row, token) in enumerate(zip(active, tokens)):
+            if row.push(token, tokenizer, eos, max_new_tokens):
+                results[row.index] = row.result
+                progress()
+            else:
+                keep.append(b)
+        if len(keep) < len(active):
+            batch.keep(keep)
+            active = [active[b] for b in keep]
+    return results
 
 
-def generate_all(model, tokenizer, prompts: list[str], max_new_tokens: int, stops: tuple[str, ...],
-                 batch_size: int, log=print) -> list[str]:
-    """Generate for every prompt; batches are formed from length-sorted prompts to waste little padding."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs: list[str | None] = [None] * len(prompts)
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        texts = generate_batch(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stops)
-        for i, t in zip(idx, texts):
-            outputs[i] = t
-        log(f"generated {min(b + batch_size, len(order))}/{len(order)}")
-    return outputs
+# --- transformers' generate() (fallback engine and baseline) ----------------------------------------------------
+
+@torch.no_grad()
+def _generate_hf(model, tokenizer, prompt_ids: list[list[int]], stops: list[tuple], max_new_tokens: int,
+                 batch_size: int, progress, stats: dict) -> list[Generation]:
+    """Batches of prompts with equal stop strings, left-padded, through `model.generate`."""
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id
+    results: list[Generation | None] = [None] * len(prompt_ids)
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(stops):
+        groups.setdefault(tuple(s), []).append(i)
+    for group_stops, idx in sorted(groups.items()):
+        for b in range(0, len(idx), batch_size):
+            chunk = idx[b:b + batch_size]
+            width = max(len(prompt_ids[i]) for i in chunk)
+            ids = torch.tensor([[pad] * (width - len(prompt_ids[i])) + prompt_ids[i] for i in chunk])
+            mask = torch.tensor([[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i in chunk])
+            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 eos_token_id=sorted(eos), stop_strings=list(group_stops) or None,
+                                 tokenizer=tokenizer)
+            for i, seq in zip(chunk, out[:, width:].tolist()):
+                row = _Row(i, len(prompt_ids[i]), group_stops)
+                for token in seq:
+                    if row.push(token, tokenizer, eos, max_new_tokens):
+                        break
+                if row.result is None:  # generate() stopped on a stop string that decodes differently alone
+                    row._finish(tokenizer, "stop", row.new)
+                results[i] = row.result
+                progress()
+    return results
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stops, batch_size: int,
+             log=print, engine: str | None = None, stats: dict | None = None) -> list[Generation]:
+    """Greedy generation for every prompt. `stops`: one tuple of stop strings for all prompts, or one per prompt.
+
+    The prompts are complete strings (chat template applied); no special tokens are added. `stats`, if given, gets
+    the time spent in prefill and in decode steps (exact engine; for benchmarks).
+    """
+    if stops and isinstance(stops[0], str):
+        stops = [tuple(stops)] * len(prompts)
+    elif not stops:
+        stops = [()] * len(prompts)
+    if len(stops) != len(prompts):
+        raise ValueError(f"{len(stops)} stop tuples for {len(prompts)} prompts")
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    done = [0]
+    step = max(1, len(prompts) // 8)
+
+    def progress():
+        done[0] += 1
+        if done[0] % step == 0 or done[0] == len(prompts):
+            log(f"generated {done[0]}/{len(prompts)}")
+
+    engine = engine or getattr(model, "_agenttune_engine", "hf")
+    run = _generate_exact if engine == "exact" else _generate_hf
+    stats = stats if stats is not None else {}
+    for key in ("prefill_s", "decode_s"):
+        stats.setdefault(key, 0.0)
+    for key in ("prefill_tokens", "decode_steps", "decode_tokens"):
+        stats.setdefault(key, 0)
+    return run(model, tokenizer, prompt_ids, [tuple(s) for s in stops], max_new_tokens, batch_size, progress, stats)
+
+
+def generate_all(model, tokenizer, prompts: list[str], max_new_tokens: int, stops, batch_size: int,
+                 log=print) -> list[str]:
+    """Texts only, stripped of outer whitespace (what evaluation parses)."""
+    return [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, stops, batch_size, log)]

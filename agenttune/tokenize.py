@@ -1,24 +1,60 @@
 """Tokenize stage: rendered samples -> token ids with labels masked to the trained assistant turns -> Parquet shards.
 
-Takes: a split's samples JSONL and a tokenizer folder with a chat template.
-Gives: Parquet shards (`input_ids`, `labels`, counts) and a manifest with row/token counts and sha256 per shard.
-Labels are -100 everywhere except the text of assistant turns whose `loss` is true, plus their end-of-turn token.
+Takes: a split's samples file (JSON Lines, one sample per line: agenttune.render's contract, `messages` of
+`{"role", "content", "loss"}`) and a tokenizer folder (`tokenizer.json` + a chat template).
+Gives: `plan.json` (which lines of each split go to which shard: `plan_shards`), one Parquet shard per plan entry
+(`tokenize_shard`: columns id, input_ids, labels, n_tokens, n_trained, sample_ids, seq_lens; one sample per row,
+or several per row with `packing: true`) with its stats, and `manifest.json` (`gather_manifest`: rows, tokens and
+sha256 per shard, what was dropped and why, packing efficiency, tokenizer identity, config hash).
+
+Labels are -100 everywhere except the trained turns: assistant turns whose `loss` is not false, from their first
+content token through the special token that closes the turn (`<|im_end|>` for ChatML). System, user and tool turns
+are context. A token is trained when its first character lies in a trained span.
+
+How a sample is encoded (`ChatEncoder`), without the O(turns^2) prefix renders of the reference path:
+1. Layout: per distinct sequence of roles, the chat template is rendered once with marker contents; the text
+   around the markers (role headers, end-of-turn tokens, a default system prompt) is cached. A sample's text is
+   that text with its contents in place, so each content's character span is known by construction.
+2. Check: every sample's text is compared with the chat template's own render of it (one batched Jinja call); a
+   sample that differs (a template that edits content, e.g. trims it) goes through the reference path instead.
+3. Tokens: the text is cut at the tokenizer's added tokens, which is what `tokenizers` does first inside encode:
+   the pieces between them are tokenized independently of each other. Each distinct piece is batch-encoded once
+   per shard by the Rust tokenizer (task prompts and tool lists repeat across samples) and the ids are joined.
+   Tokenizers where that is not exact (added tokens that strip whitespace or are normalized, a pre-tokenizer that
+   treats the first piece specially) are encoded whole; a few samples per encoder are cross-checked against
+   whole-text encoding and any difference switches the encoder to whole-text encoding.
+`encode_sample_reference` is the slow, obviously-correct path (prefix renders with the generation prompt,
+whole-text offsets); tests check that both give identical ids and labels on all real data.
+
+Over-long samples (> max_len tokens): `drop`, or `truncate` after the last whole trained turn that fits; both are
+counted by reason in the stats, as are samples with no trained token.
+Memory is bounded by a shard: the plan is made by streaming the samples file, and a shard job reads only its byte
+range of it.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
+import math
 import os
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agenttune.data import read_samples
-from agenttune.manifest import sha256_file, write_json_atomic
+from agenttune.manifest import config_hash, sha256_file, write_json_atomic
+from agenttune.pack import PACKING_KEY, best_fit_decreasing, packing_efficiency
 
 IGNORE_INDEX = -100
 
+# The columns training needs; a table with only these holds one sample per row.
 SHARD_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("input_ids", pa.list_(pa.int32())),
@@ -26,112 +62,652 @@ SHARD_SCHEMA = pa.schema([
     ("n_tokens", pa.int32()),
     ("n_trained", pa.int32()),
 ])
+# What tokenize_shard writes: plus the samples each row holds and their lengths (their sum is n_tokens).
+SHARD_SCHEMA_FULL = SHARD_SCHEMA.append(pa.field("sample_ids", pa.list_(pa.string()))).append(
+    pa.field("seq_lens", pa.list_(pa.int32())))
+
+DROP_REASONS = ("too_long", "no_whole_turn_fits", "no_trained_token")
+MAX_LEN_KEY = b"agenttune.max_len"
+_MARK = "\ue000{}\ue001"  # private-use characters: marker contents for learning a template's layout
 
 
-class SampleTooLong(Exception):
-    pass
+class SampleDropped(Exception):
+    """A sample that cannot be kept; `reason` is one of DROP_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- what is trained ---------------------------------------------------------------------------------------------
 
 
 def chat_messages(sample: dict) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]} for m in sample["messages"]]
+    """The messages as the chat template sees them (role and content only), checked."""
+    messages = sample.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"sample {sample.get('id')!r}: field 'messages': expected a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"sample {sample.get('id')!r}: field 'messages[{i}]': expected role and content strings")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
 
 
-def trained_char_spans(tokenizer, messages: list[dict], loss_flags: list[bool], full_text: str) -> list[tuple[int, int]]:
-    """Character spans of the trained assistant text (content + end-of-turn token) inside `full_text`.
+def trained_turns(sample: dict) -> list[bool]:
+    """Assistant turns are trained unless their `loss` is false (AgentInstruct's per-turn flags); others never."""
+    return [m.get("role") == "assistant" and m.get("loss") is not False for m in sample["messages"]]
 
-    Found by rendering the prefix before each assistant turn with the generation prompt: whatever the template,
-    the assistant's content starts right after that prefix and ends with the tokenizer's eos text.
-    """
-    eos = tokenizer.eos_token
+
+def _turn_end(text_after: str, eos: str | None, specials: Sequence[str]) -> str | None:
+    """The special token that closes an assistant turn: the eos token when the template writes it right after the
+    content, else the (longest) added token found there; None if the template writes plain text there."""
+    if eos and text_after.startswith(eos):
+        return eos
+    found = [s for s in specials if text_after.startswith(s)]
+    return max(found, key=len) if found else None
+
+
+def _fit(ids: np.ndarray, labels: np.ndarray, spans: list[tuple[int, int]], max_len: int,
+         overlong: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Apply max_len. `spans` are the trained token ranges; returns (ids, labels, truncated)."""
+    if not any(a < b for a, b in spans):
+        raise SampleDropped("no_trained_token", "no assistant turn with loss")
+    n = len(ids)
+    if n <= max_len:
+        return ids, labels, False
+    if overlong == "drop":
+        raise SampleDropped("too_long", f"{n} tokens > max_len {max_len}")
+    if overlong != "truncate":
+        raise ValueError(f"tokenize.overlong: unknown value '{overlong}' (expected drop or truncate)")
+    # Cut after the last whole trained turn that fits, so no turn is cut in half.
+    keep = max((b for a, b in spans if a < b <= max_len), default=0)
+    if keep == 0:
+        raise SampleDropped("no_whole_turn_fits", f"{n} tokens > max_len {max_len} and no whole assistant turn fits")
+    return ids[:keep], labels[:keep], True
+
+
+def _labels_from_starts(ids: np.ndarray, starts: np.ndarray, char_spans: list[tuple[int, int]]):
+    """Labels and trained token ranges from token start offsets (nondecreasing) and trained character spans."""
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
+    tok_spans = []
+    for s, e in char_spans:
+        a, b = int(np.searchsorted(starts, s, "left")), int(np.searchsorted(starts, e, "left"))
+        labels[a:b] = ids[a:b]
+        tok_spans.append((a, b))
+    return labels, tok_spans
+
+
+def _prefix_spans(render, messages: list[dict], flags: list[bool], full: str, eos: str | None,
+                  specials: Sequence[str]) -> list[tuple[int, int]]:
+    """Trained character spans found the slow way: the prefix before assistant turn i, rendered with the generation
+    prompt, ends where the turn's content starts (one template render per trained turn)."""
     spans = []
-    for i, (msg, trained) in enumerate(zip(messages, loss_flags)):
-        if msg["role"] != "assistant" or not trained:
+    for i, (msg, trained) in enumerate(zip(messages, flags)):
+        if not trained:
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        if not full_text.startswith(prefix):
+        prefix = render(messages[:i])
+        if not full.startswith(prefix):
             raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
         start = len(prefix)
-        end = start + len(msg["content"]) + len(eos)
-        if full_text[start:end] != msg["content"] + eos:
+        end = start + len(msg["content"])
+        if full[start:end] != msg["content"]:
             raise ValueError(f"assistant turn {i} not found where the chat template should have put it")
-        spans.append((start, end))
+        closing = _turn_end(full[end:], eos, specials)
+        if closing is None:
+            raise ValueError(f"assistant turn {i}: the chat template closes it with no special token")
+        spans.append((start, end + len(closing)))
     return spans
 
 
-def encode_sample(tokenizer, sample: dict, max_len: int, overlong: str = "drop") -> tuple[list[int], list[int]]:
-    """Token ids and labels for one sample. Raises SampleTooLong when it cannot be kept under `max_len`."""
+def encode_sample_reference(tokenizer, sample: dict, max_len: int, overlong: str = "drop") -> tuple[list[int], list[int]]:
+    """The slow reference path with a transformers tokenizer: O(turns^2) template renders, whole-text offsets.
+    Raises SampleDropped."""
     messages = chat_messages(sample)
-    loss_flags = [bool(m.get("loss", m["role"] == "assistant")) for m in sample["messages"]]
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = trained_char_spans(tokenizer, messages, loss_flags, full_text)
-    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    span_idx = 0
-    for j, (s, _e) in enumerate(offsets):
-        while span_idx < len(spans) and s >= spans[span_idx][1]:
-            span_idx += 1
-        if span_idx < len(spans) and spans[span_idx][0] <= s < spans[span_idx][1]:
-            labels[j] = ids[j]
-    if len(ids) > max_len:
-        if overlong == "drop":
-            raise SampleTooLong(f"{len(ids)} tokens > max_len {max_len}")
-        # Truncate at the end of the last whole trained turn that fits, so no turn is cut in half.
-        keep = 0
-        for _s, e in spans:
-            end_tok = next((j + 1 for j in range(len(ids) - 1, -1, -1) if offsets[j][0] < e), 0)
-            if end_tok <= max_len:
-                keep = end_tok
-        if keep == 0:
-            raise SampleTooLong(f"{len(ids)} tokens > max_len {max_len} and no whole assistant turn fits")
-        ids, labels = ids[:keep], labels[:keep]
-    if not any(l != IGNORE_INDEX for l in labels):
-        raise SampleTooLong("no trained token")
-    return ids, labels
+    flags = trained_turns(sample)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    specials = [t.content for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
+    render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    spans = _prefix_spans(render, messages, flags, full, tokenizer.eos_token, specials)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
+    labels, tok_spans = _labels_from_starts(ids, starts, spans)
+    ids, labels, _ = _fit(ids, labels, tok_spans, max_len, overlong)
+    return ids.tolist(), labels.tolist()
 
 
-def tokenize_shard(samples_path: str | Path, tokenizer_dir: str | Path, out_path: str | Path, shard: int,
-                   num_shards: int, max_len: int, overlong: str) -> dict:
-    """Tokenize every `num_shards`-th sample starting at `shard`; write one Parquet file atomically."""
-    from transformers import AutoTokenizer
+# --- the fast encoder --------------------------------------------------------------------------------------------
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    samples = read_samples(samples_path)
-    rows = {name: [] for name in SHARD_SCHEMA.names}
-    dropped = {}
-    for idx in range(shard, len(samples), num_shards):
-        sample = samples[idx]
+
+@dataclass
+class Encoded:
+    id: str
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray     # int32, IGNORE_INDEX where not trained
+    truncated: bool
+
+
+@dataclass
+class Dropped:
+    id: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class _Layout:
+    glues: list[str]            # text before content 0, between contents, after the last content
+    ends: dict[int, str | None]  # assistant message index -> the special token closing it
+    n_specials: int             # added tokens the template itself writes
+
+
+class _Piece:
+    """One distinct run of text between added tokens, encoded once: its ids and its Encoding (for char lookups)."""
+
+    __slots__ = ("ids", "encoding")
+
+    def __init__(self, encoding):
+        self.ids = np.asarray(encoding.ids, dtype=np.int32)
+        self.encoding = encoding
+
+    def first_token_at_or_after(self, pos: int) -> int:
+        t = self.encoding.char_to_token(pos)
+        if t is None:
+            return next((k for k, (s, _) in enumerate(self.encoding.offsets) if s >= pos), len(self.ids))
+        return t + (self.encoding.token_to_chars(t)[0] < pos)
+
+
+def _chat_template_text(folder: Path, config: dict) -> str:
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if not isinstance(template, str):
+        raise ValueError(f"tokenizer folder {folder} has no chat template (chat_template.jinja or tokenizer_config.json)")
+    return template
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class ChatEncoder:
+    """Fast, exact chat encoding with the `tokenizers` backend and the chat template (see the module docstring).
+
+    Build it with `from_folder(path)` (no transformers tokenizer is loaded: that takes seconds) or `from_hf(tok)`.
+    `check_tokens`: how many samples to cross-check against whole-text encoding (-1: all) before trusting the
+    piecewise encoding. `piecewise=False` forces whole-text encoding (to measure what pieces buy)."""
+
+    def __init__(self, backend, chat_template: str, variables: dict, eos_token: str | None, *,
+                 tokenizer_sha256: str, check_tokens: int = 16, piecewise: bool = True, batch_size: int = 512):
+        self.backend = backend
+        self.chat_template = chat_template
+        self.variables = {k: v for k, v in variables.items() if isinstance(v, (str, list))}
+        self.eos_token = eos_token
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.check_tokens = check_tokens
+        self.batch_size = batch_size
+        added = backend.get_added_tokens_decoder()
+        self.special_ids = {t.content: i for i, t in added.items()}
+        self.specials = sorted(self.special_ids, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, self.specials)) + ")") if self.specials else None
+        self.piecewise = piecewise and self._piecewise_is_exact(added)
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        self._pieces: dict[str, _Piece] = {}
+        self.counts: Counter = Counter()
+
+    # construction
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, **kwargs) -> "ChatEncoder":
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        tokenizer_json = folder / "tokenizer.json"
+        if not tokenizer_json.exists():
+            raise FileNotFoundError(f"{tokenizer_json} missing: the tokenize stage needs a fast (tokenizers) tokenizer")
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        variables = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        variables = {k: v for k, v in variables.items() if v is not None}
+        return cls(Tokenizer.from_file(str(tokenizer_json)), _chat_template_text(folder, config), variables,
+                   variables.get("eos_token"), tokenizer_sha256=sha256_file(tokenizer_json), **kwargs)
+
+    @classmethod
+    def from_hf(cls, tokenizer, **kwargs) -> "ChatEncoder":
+        template = tokenizer.chat_template
+        if isinstance(template, dict):
+            template = template.get("default")
+        if not isinstance(template, str):
+            raise ValueError("the tokenizer has no chat template")
+        backend = tokenizer.backend_tokenizer
+        sha = hashlib.sha256(backend.to_str().encode()).hexdigest()
+        return cls(backend, template, dict(tokenizer.special_tokens_map), tokenizer.eos_token,
+                   tokenizer_sha256=sha, **kwargs)
+
+    def identity(self) -> dict:
+        return {
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "chat_template_sha256": hashlib.sha256(self.chat_template.encode()).hexdigest(),
+            "special_tokens": dict(sorted((k, v) for k, v in self.variables.items() if isinstance(v, str))),
+            "vocab_size": self.backend.get_vocab_size(with_added_tokens=True),
+        }
+
+    def _piecewise_is_exact(self, added: dict) -> bool:
+        """True when encoding the text between added tokens piece by piece equals encoding the whole text: added
+        tokens are matched on the raw text (not normalized, or no normalizer) and eat no neighbouring whitespace,
+        and the pre-tokenizer does not treat the first piece of a text differently (Metaspace prepend 'first')."""
+        if not self.specials:
+            return False
+        spec = json.loads(self.backend.to_str())
+        has_normalizer = spec.get("normalizer") is not None
+        for t in added.values():
+            if t.lstrip or t.rstrip or t.single_word or (t.normalized and has_normalizer):
+                return False
+        return '"prepend_scheme": "first"' not in json.dumps(spec.get("pre_tokenizer"))
+
+    # rendering
+
+    def render(self, conversations: list[list[dict]], add_generation_prompt: bool = False) -> list[str]:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        texts, _ = render_jinja_template(conversations=conversations, chat_template=self.chat_template,
+                                         add_generation_prompt=add_generation_prompt, **self.variables)
+        return texts
+
+    def _layout(self, roles: tuple[str, ...]) -> _Layout | None:
+        if roles in self._layouts:
+            return self._layouts[roles]
+        probe = [{"role": r, "content": _MARK.format(i)} for i, r in enumerate(roles)]
         try:
-            ids, labels = encode_sample(tokenizer, sample, max_len, overlong)
-        except SampleTooLong as exc:
-            dropped[sample["id"]] = str(exc)
-            continue
-        rows["id"].append(sample["id"])
-        rows["input_ids"].append(ids)
-        rows["labels"].append(labels)
-        rows["n_tokens"].append(len(ids))
-        rows["n_trained"].append(sum(1 for l in labels if l != IGNORE_INDEX))
+            text = self.render([probe])[0]
+        except Exception:  # the template refuses this role sequence; the reference path will say why
+            self._layouts[roles] = None
+            return None
+        glues, pos, layout = [], 0, None
+        for i in range(len(roles)):
+            mark = _MARK.format(i)
+            j = text.find(mark, pos)
+            if j < 0 or text.count(mark) != 1:
+                break
+            glues.append(text[pos:j])
+            pos = j + len(mark)
+        else:
+            glues.append(text[pos:])
+            if not any("\ue000" in g for g in glues):
+                ends = {i: _turn_end(glues[i + 1], self.eos_token, self.specials)
+                        for i, r in enumerate(roles) if r == "assistant"}
+                n_specials = sum(len(self._special_re.findall(g)) for g in glues) if self._special_re else 0
+                layout = _Layout(glues, ends, n_specials)
+        self._layouts[roles] = layout
+        return layout
+
+    # encoding
+
+    def encode(self, samples: Sequence[dict], max_len: int, overlong: str = "drop") -> list[Encoded | Dropped]:
+        """Encode samples in order; a sample that cannot be kept comes back as Dropped (never silently)."""
+        out: list[Encoded | Dropped] = []
+        for k in range(0, len(samples), self.batch_size):
+            out.extend(self._encode_batch(samples[k:k + self.batch_size], max_len, overlong))
+        return out
+
+    def _encode_batch(self, samples: Sequence[dict], max_len: int, overlong: str) -> list[Encoded | Dropped]:
+        msgs = [chat_messages(s) for s in samples]
+        flags = [trained_turns(s) for s in samples]
+        built = [self._build_text(m) for m in msgs]
+        rendered = self._render_checked(samples, msgs)
+        fast, slow = [], []
+        for i, (b, text) in enumerate(zip(built, rendered)):
+            (fast if b is not None and b[0] == text else slow).append(i)
+        self.counts["reference_path"] += len(slow)
+        results: dict[int, Encoded | Dropped] = {}
+        for i in slow:
+            results[i] = self._encode_one_reference(samples[i], msgs[i], flags[i], rendered[i], max_len, overlong)
+        if fast:
+            texts = [rendered[i] for i in fast]
+            if self.piecewise:
+                token_lists = self._encode_piecewise(texts)
+                token_lists = self._cross_check(texts, token_lists)
+            else:
+                token_lists = self._encode_whole(texts)
+            for i, (ids, token_at) in zip(fast, token_lists):
+                results[i] = self._labels(samples[i], msgs[i], flags[i], built[i], ids, token_at, max_len, overlong)
+        return [results[i] for i in range(len(samples))]
+
+    def _render_checked(self, samples: Sequence[dict], msgs: list[list[dict]]) -> list[str]:
+        """The chat template's render of each sample; a sample the template refuses is named."""
+        try:
+            return self.render(msgs)
+        except Exception:
+            for sample, m in zip(samples, msgs):
+                try:
+                    self.render([m])
+                except Exception as exc:
+                    raise ValueError(f"sample {sample.get('id')!r}: the chat template refuses it: {exc}") from None
+            raise
+
+    def _build_text(self, messages: list[dict]) -> tuple[str, list[int], _Layout] | None:
+        layout = self._layout(tuple(m["role"] for m in messages))
+        if layout is None:
+            return None
+        parts, starts, pos = [], [], 0
+        for glue, m in zip(layout.glues, messages):
+            pos += len(glue)
+            starts.append(pos)
+            pos += len(m["content"])
+            parts += (glue, m["content"])
+        parts.append(layout.glues[-1])
+        return "".join(parts), starts, layout
+
+    def _split(self, text: str) -> list[str]:
+        """[text, added token, text, added token, ..., text], like the tokenizer's own added-token split."""
+        return self._special_re.split(text)
+
+    def _encode_piecewise(self, texts: list[str]):
+        """(ids, token_at) per text, from pieces between added tokens, each distinct piece encoded once."""
+        chunks = [self._split(t) for t in texts]
+        missing = sorted({c for cs in chunks for c in cs[0::2] if c and c not in self._pieces})
+        if missing:
+            for c, enc in zip(missing, self.backend.encode_batch(missing, add_special_tokens=False)):
+                self._pieces[c] = _Piece(enc)
+        return [self._join(cs) for cs in chunks]
+
+    def _join(self, chunks: list[str]):
+        arrays, char_starts, tok_starts, pieces = [], [], [], []
+        ch = tok = 0
+        for j, c in enumerate(chunks):
+            if not c:
+                continue
+            char_starts.append(ch)
+            tok_starts.append(tok)
+            if j % 2:
+                arrays.append(np.array([self.special_ids[c]], dtype=np.int32))
+                pieces.append(None)
+                tok += 1
+            else:
+                piece = self._pieces[c]
+                arrays.append(piece.ids)
+                pieces.append(piece)
+                tok += len(piece.ids)
+            ch += len(c)
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+
+        def token_at(pos: int) -> int:
+            """Index of the first token whose first character is at or after `pos`."""
+            if pos >= ch:
+                return tok
+            p = bisect.bisect_right(char_starts, pos) - 1
+            rel = pos - char_starts[p]
+            if rel == 0:
+                return tok_starts[p]
+            if pieces[p] is None:  # inside an added token: the next token
+                return tok_starts[p] + 1
+            return tok_starts[p] + pieces[p].first_token_at_or_after(rel)
+
+        return ids, token_at
+
+    def _encode_whole(self, texts: list[str]):
+        """(ids, token_at) per text, each text encoded whole (char lookups in Rust, no Python offset lists)."""
+        out = []
+        for text, enc in zip(texts, self.backend.encode_batch(texts, add_special_tokens=False)):
+            piece = _Piece(enc)
+            n_chars, n_tokens = len(text), len(piece.ids)
+            out.append((piece.ids, lambda pos, p=piece, c=n_chars, n=n_tokens: n if pos >= c
+                        else p.first_token_at_or_after(pos)))
+        return out
+
+    def _cross_check(self, texts: list[str], token_lists):
+        """Compare piecewise ids with whole-text ids for the first `check_tokens` samples this encoder sees."""
+        todo = len(texts) if self.check_tokens < 0 else min(len(texts), self.check_tokens - self.counts["checked"])
+        if todo <= 0:
+            return token_lists
+        whole = self.backend.encode_batch_fast(texts[:todo], add_special_tokens=False)
+        self.counts["checked"] += todo
+        if all(np.array_equal(ids, np.asarray(w.ids, dtype=np.int32)) for (ids, _), w in zip(token_lists, whole)):
+            return token_lists
+        self.piecewise = False
+        self.counts["piecewise_mismatch"] += 1
+        return self._encode_whole(texts)
+
+    def _labels(self, sample, messages, flags, built, ids, token_at, max_len, overlong) -> Encoded | Dropped:
+        text, starts, layout = built
+        spans = []
+        for i, (m, trained) in enumerate(zip(messages, flags)):
+            if not trained:
+                continue
+            closing = layout.ends.get(i)
+            if closing is None:
+                raise ValueError(f"sample {sample.get('id')!r}: the chat template closes assistant turns with no "
+                                 f"special token, so the end of turn {i} cannot be trained")
+            a = token_at(starts[i])
+            b = token_at(starts[i] + len(m["content"]) + len(closing))
+            spans.append((a, b))
+        if self._special_re is not None and len(self._special_re.findall(text)) > layout.n_specials:
+            self.counts["special_tokens_in_content"] += 1
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
+        for a, b in spans:
+            labels[a:b] = ids[a:b]
+        return self._finish(sample, ids, labels, spans, max_len, overlong)
+
+    def _encode_one_reference(self, sample, messages, flags, full, max_len, overlong) -> Encoded | Dropped:
+        render = lambda msgs: self.render([msgs], add_generation_prompt=True)[0]  # noqa: E731
+        spans = _prefix_spans(render, messages, flags, full, self.eos_token, self.specials)
+        enc = self.backend.encode(full, add_special_tokens=False)
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
+        labels, tok_spans = _labels_from_starts(ids, starts, spans)
+        return self._finish(sample, ids, labels, tok_spans, max_len, overlong)
+
+    def _finish(self, sample, ids, labels, spans, max_len, overlong) -> Encoded | Dropped:
+        try:
+            ids, labels, truncated = _fit(ids, labels, spans, max_len, overlong)
+        except SampleDropped as exc:
+            return Dropped(sample["id"], exc.reason, exc.detail)
+        return Encoded(sample["id"], ids, labels, truncated)
+
+    def clear(self) -> None:
+        """Forget the encoded pieces (they are kept per shard)."""
+        self._pieces.clear()
+
+
+_HF_ENCODERS: dict[int, ChatEncoder] = {}
+
+
+def encode_sample(tokenizer, sample: dict, max_len: int, overlong: str = "drop") -> tuple[list[int], list[int]]:
+    """Token ids and labels of one sample with a transformers tokenizer (the fast path). Raises SampleDropped."""
+    encoder = _HF_ENCODERS.get(id(tokenizer))
+    if encoder is None or encoder.backend is not tokenizer.backend_tokenizer:
+        encoder = _HF_ENCODERS[id(tokenizer)] = ChatEncoder.from_hf(tokenizer)
+    result = encoder.encode([sample], max_len, overlong)[0]
+    if isinstance(result, Dropped):
+        raise SampleDropped(result.reason, result.detail)
+    return result.input_ids.tolist(), result.labels.tolist()
+
+
+# --- plan: which lines go to which shard -------------------------------------------------------------------------
+
+
+def _count_lines(path: Path) -> tuple[int, str, int]:
+    """(non-blank lines, sha256, size in bytes), streaming."""
+    h = hashlib.sha256()
+    n = size = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            h.update(line)
+            size += len(line)
+            if line.strip():
+                n += 1
+    return n, h.hexdigest(), size
+
+
+def plan_split(path: str | Path, samples_per_shard: int) -> dict:
+    """Cut one samples file into shards of at most `samples_per_shard` samples, as even as possible (at least one
+    shard, empty for an empty split). Two streaming passes; memory does not grow with the file."""
+    if samples_per_shard < 1:
+        raise ValueError("tokenize.samples_per_shard must be >= 1")
+    path = Path(path)
+    n, sha, size = _count_lines(path)
+    n_shards = max(1, math.ceil(n / samples_per_shard))
+    sizes = [n // n_shards + (k < n % n_shards) for k in range(n_shards)]
+    shards, k, in_shard, offset, line_no = [], 0, 0, 0, 0
+    current = {"shard": 0, "first_line": 1, "samples": sizes[0], "byte_start": 0}
+    with open(path, "rb") as fh:
+        for line in fh:
+            line_no += 1
+            if line.strip():
+                if in_shard == sizes[k] and k + 1 < n_shards:
+                    current["byte_end"] = offset
+                    shards.append(current)
+                    k += 1
+                    in_shard = 0
+                    current = {"shard": k, "first_line": line_no, "samples": sizes[k], "byte_start": offset}
+                in_shard += 1
+            offset += len(line)
+    current["byte_end"] = offset
+    shards.append(current)
+    return {"path": str(path), "samples": n, "bytes": size, "sha256": sha, "shards": shards}
+
+
+def plan_shards(samples: dict[str, str | Path], samples_per_shard: int) -> dict:
+    return {"samples_per_shard": samples_per_shard,
+            "splits": {split: plan_split(path, samples_per_shard) for split, path in sorted(samples.items())}}
+
+
+def read_shard_samples(path: str | Path, entry: dict, expect_bytes: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, sample) for the lines of one plan entry, reading only its byte range."""
+    path = Path(path)
+    if expect_bytes is not None and path.stat().st_size != expect_bytes:
+        raise ValueError(f"{path} has {path.stat().st_size} bytes, the shard plan expected {expect_bytes}: "
+                         "the samples changed after planning; re-run the plan")
+    with open(path, "rb") as fh:
+        fh.seek(entry["byte_start"])
+        data = fh.read(entry["byte_end"] - entry["byte_start"])
+    line_no = entry["first_line"]
+    n = 0
+    for raw in data.split(b"\n"):
+        if raw.strip():
+            try:
+                yield line_no, json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: malformed JSON ({exc.msg}, column {exc.colno})") from None
+            n += 1
+        line_no += 1
+    if n != entry["samples"]:
+        raise ValueError(f"{path}: shard {entry['shard']} holds {n} samples, the plan says {entry['samples']}")
+
+
+# --- shards --------------------------------------------------------------------------------------------------------
+
+
+def _list_array(arrays: list[np.ndarray]) -> pa.Array:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()))
+
+
+def shard_table(kept: list[Encoded], max_len: int, packing: bool) -> pa.Table:
+    """One row per sample, or (packing) rows of several samples by best-fit decreasing."""
+    if packing:
+        groups = best_fit_decreasing([len(e.input_ids) for e in kept], max_len)
+    else:
+        groups = [[i] for i in range(len(kept))]
+    ids, labels, sample_ids, seq_lens, row_ids, n_tokens, n_trained = [], [], [], [], [], [], []
+    for group in groups:
+        members = [kept[i] for i in group]
+        ids.append(np.concatenate([e.input_ids for e in members]))
+        labels.append(np.concatenate([e.labels for e in members]))
+        sample_ids.append([e.id for e in members])
+        seq_lens.append([len(e.input_ids) for e in members])
+        row_ids.append(members[0].id)
+        n_tokens.append(len(ids[-1]))
+        n_trained.append(int(np.count_nonzero(labels[-1] != IGNORE_INDEX)))
+    schema = SHARD_SCHEMA_FULL.with_metadata({PACKING_KEY: b"true" if packing else b"false",
+                                              MAX_LEN_KEY: str(max_len).encode()})
+    return pa.Table.from_arrays([
+        pa.array(row_ids, type=pa.string()),
+        _list_array(ids),
+        _list_array(labels),
+        pa.array(n_tokens, type=pa.int32()),
+        pa.array(n_trained, type=pa.int32()),
+        pa.array(sample_ids, type=pa.list_(pa.string())),
+        pa.array(seq_lens, type=pa.list_(pa.int32())),
+    ], schema=schema)
+
+
+def write_table_atomic(table: pa.Table, out_path: str | Path) -> None:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    pq.write_table(pa.table(rows, schema=SHARD_SCHEMA), tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, out_path)
+
+
+def tokenize_shard(samples_path: str | Path, plan: dict, split: str, shard: int, tokenizer_dir: str | Path,
+                   out_path: str | Path, cfg: dict, encoder: ChatEncoder | None = None) -> dict:
+    """Tokenize the samples of one plan entry and write its Parquet shard atomically; return its stats."""
+    split_plan = plan["splits"][split]
+    entry = next((e for e in split_plan["shards"] if e["shard"] == shard), None)
+    if entry is None:
+        raise ValueError(f"shard {shard} of split {split} is not in the plan ({len(split_plan['shards'])} shards)")
+    encoder = encoder or ChatEncoder.from_folder(tokenizer_dir)
+    max_len, overlong, packing = cfg["max_len"], cfg["overlong"], bool(cfg.get("packing", False))
+    lines, samples = [], []
+    for line_no, sample in read_shard_samples(samples_path, entry, split_plan["bytes"]):
+        lines.append(line_no)
+        samples.append(sample)
+    before = Counter(encoder.counts)
+    try:
+        results = encoder.encode(samples, max_len, overlong)
+    except ValueError as exc:
+        # Name the file and line: find the sample that fails on its own.
+        for line_no, sample in zip(lines, samples):
+            try:
+                encoder.encode([sample], max_len, overlong)
+            except ValueError as one:
+                raise ValueError(f"{samples_path}:{line_no}: {one}") from None
+        raise ValueError(f"{samples_path}: {exc}") from None
+    finally:
+        encoder.clear()
+    kept = [r for r in results if isinstance(r, Encoded)]
+    dropped = [r for r in results if isinstance(r, Dropped)]
+    table = shard_table(kept, max_len, packing)
+    write_table_atomic(table, out_path)
+    tokens = int(sum(len(e.input_ids) for e in kept))
+    rows = table.num_rows
+    counts = encoder.counts - before
     return {
-        "path": out_path.name,
-        "rows": len(rows["id"]),
-        "tokens": sum(rows["n_tokens"]),
-        "trained_tokens": sum(rows["n_trained"]),
-        "samples_in": len(range(shard, len(samples), num_shards)),
-        "dropped": dropped,
+        "split": split,
+        "shard": shard,
+        "path": Path(out_path).name,
+        "rows": rows,
+        "samples_in": len(samples),
+        "samples_kept": len(kept),
+        "dropped": len(dropped),
+        "dropped_by_reason": dict(sorted(Counter(d.reason for d in dropped).items())),
+        "dropped_ids": {d.id: d.reason for d in dropped},
+        "truncated": sum(e.truncated for e in kept),
+        "tokens": tokens,
+        "trained_tokens": int(sum(np.count_nonzero(e.labels != IGNORE_INDEX) for e in kept)),
+        "slots": rows * max_len if packing else tokens,
+        "packing_efficiency": round(packing_efficiency(tokens, rows, max_len), 6) if packing else None,
+        "sample_lengths": {str(k): v for k, v in sorted(Counter(len(e.input_ids) for e in kept).items())},
+        "templates": dict(sorted(Counter(str(s.get("template", "")) for s in samples).items())),
+        "reference_path": counts["reference_path"],
+        "special_tokens_in_content": counts["special_tokens_in_content"],
         "sha256": sha256_file(out_path),
     }
 
 
-def write_shard_stats(path: str | Path, stats: dict) -> None:
-    write_json_atomic(path, stats)
-
-
-def gather_manifest(stat_paths: list[str | Path], out_path: str | Path, extra: dict) -> dict:
+def gather_manifest(stat_paths: Sequence[str | Path], out_path: str | Path, extra: dict) -> dict:
+    """Sum the per-shard stats per split, check the accounting, write manifest.json."""
     splits: dict[str, list[dict]] = {}
     for p in stat_paths:
         st = json.loads(Path(p).read_text())
@@ -139,24 +715,77 @@ def gather_manifest(stat_paths: list[str | Path], out_path: str | Path, extra: d
     summary = {}
     for split, shards in sorted(splits.items()):
         shards.sort(key=lambda s: s["shard"])
-        summary[split] = {
-            "rows": sum(s["rows"] for s in shards),
-            "tokens": sum(s["tokens"] for s in shards),
-            "trained_tokens": sum(s["trained_tokens"] for s in shards),
-            "samples_in": sum(s["samples_in"] for s in shards),
-            "dropped": sum(len(s["dropped"]) for s in shards),
-            "shards": shards,
-        }
-        assert summary[split]["samples_in"] == summary[split]["rows"] + summary[split]["dropped"]
+        s = {key: sum(sh[key] for sh in shards) for key in
+             ("rows", "samples_in", "samples_kept", "dropped", "truncated", "tokens", "trained_tokens", "slots",
+              "reference_path", "special_tokens_in_content")}
+        if s["samples_in"] != s["samples_kept"] + s["dropped"]:
+            raise AssertionError(f"split {split}: {s['samples_in']} samples in != {s['samples_kept']} kept + "
+                                 f"{s['dropped']} dropped")
+        by_reason: Counter = Counter()
+        lengths: Counter = Counter()
+        templates: Counter = Counter()
+        for sh in shards:
+            by_reason.update(sh["dropped_by_reason"])
+            lengths.update(sh["sample_lengths"])
+            templates.update(sh["templates"])
+        s["dropped_by_reason"] = dict(sorted(by_reason.items()))
+        packed = any(sh["packing_efficiency"] is not None for sh in shards)
+        s["packing_efficiency"] = round(s["tokens"] / s["slots"], 6) if packed and s["slots"] else None
+        s["templates"] = dict(sorted(templates.items()))
+        s["sample_lengths"] = dict(sorted(lengths.items(), key=lambda kv: int(kv[0])))
+        s["shards"] = [{k: sh[k] for k in ("shard", "path", "rows", "samples_in", "samples_kept", "dropped",
+                                           "tokens", "trained_tokens", "packing_efficiency", "sha256")}
+                       for sh in shards]
+        summary[split] = s
+    train = summary.get("train", {})
     manifest = {**extra, "splits": summary,
-                "total_tokens": summary.get("train", {}).get("tokens", 0)}
+                "total_tokens": train.get("tokens", 0),
+                # Sample lengths: what attention costs under flash-attn varlen or the block-diagonal mask.
+                "row_lengths": train.get("sample_lengths", {})}
     write_json_atomic(out_path, manifest)
     return manifest
 
 
-def load_shards(paths: list[str | Path]) -> list[dict]:
+def manifest_extra(cfg: dict, encoder: ChatEncoder, plan: dict) -> dict:
+    """The identity part of the manifest: config, tokenizer, chat template, input files."""
+    return {
+        "stage": "tokenize",
+        "max_len": cfg["max_len"],
+        "overlong": cfg["overlong"],
+        "packing": bool(cfg.get("packing", False)),
+        "samples_per_shard": cfg["samples_per_shard"],
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "tokenizer": encoder.identity(),
+        "inputs": {split: {"path": p["path"], "sha256": p["sha256"], "samples": p["samples"]}
+                   for split, p in plan["splits"].items()},
+    }
+
+
+def tokenize_split(samples_path: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, cfg: dict,
+                   split: str = "train", encoder: ChatEncoder | None = None) -> dict:
+    """Plan, tokenize every shard in turn and gather, in one process (benchmarks and tests; the pipeline runs the
+    same steps as separate jobs)."""
+    out_dir = Path(out_dir)
+    plan = plan_shards({split: samples_path}, cfg["samples_per_shard"])
+    write_json_atomic(out_dir / "plan.json", plan)
+    encoder = encoder or ChatEncoder.from_folder(tokenizer_dir)
+    stat_paths = []
+    for entry in plan["splits"][split]["shards"]:
+        stats = tokenize_shard(samples_path, plan, split, entry["shard"], tokenizer_dir,
+                               out_dir / f"{split}-{entry['shard']}.parquet", cfg, encoder)
+        stat_path = out_dir / f"{split}-{entry['shard']}.stats.json"
+        write_json_atomic(stat_path, stats)
+        stat_paths.append(stat_path)
+    return gather_manifest(stat_paths, out_dir / "manifest.json", manifest_extra(cfg, encoder, plan))
+
+
+def load_shards(paths: Sequence[str | Path]) -> list[dict]:
+    """Rows for training: id, input_ids, labels, and seq_lens (the lengths of the samples in a packed row; one
+    length for an unpacked row)."""
     rows = []
     for p in paths:
         table = pq.read_table(p)
-        rows.extend(table.select(["id", "input_ids", "labels"]).to_pylist())
+        columns = ["id", "input_ids", "labels"] + (["seq_lens"] if "seq_lens" in table.column_names else [])
+        rows.extend(table.select(columns).to_pylist())
     return rows

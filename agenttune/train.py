@@ -1,26 +1,34 @@
 """Train stage: one epoch per call, resuming the previous epoch's checkpoint exactly.
 
-Takes: the base model folder, the train shards, the previous epoch's folder (none for epoch 1) and the train config.
+Takes: the base model folder, the train shards, the previous epoch's folder (none for epoch 1), the `train` config
+(optionally with a `deepspeed` block) and the `compute` config (device kind and peak FLOP/s, for the MFU).
 Gives: `epoch-<e>/`: an HF-loadable folder (model.safetensors, config, tokenizer) that also holds the Trainer state
-needed to resume (optimizer, scheduler, RNG, trainer_state.json) and `metrics.json`.
+needed to resume (optimizer, scheduler, RNG, trainer_state.json; under DeepSpeed the ZeRO shards of every rank and
+`deepspeed_config.json`) and `metrics.json` (loss curve, tokens/s, tokens, wall time, peak memory, MFU).
 
 The LR schedule always spans `train.epochs` epochs, so epoch e of a chained run equals epoch e of an uninterrupted
 run. The epoch is written to `<out>.partial` first and renamed when complete: a killed job leaves nothing that
-looks finished.
+looks finished. With several ranks (agenttune.launch starts them) every rank runs this code; rank 0 alone cleans,
+measures and renames. `python -m agenttune.train SPEC.json` is the rank entry point.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from agenttune.manifest import sha256_file, write_manifest
+from agenttune.pack import make_collator
 from agenttune.tokenize import IGNORE_INDEX, load_shards
 
 
@@ -86,7 +94,7 @@ def pick_attn_implementation(requested: str, log) -> str:
     return requested
 
 
-def _stop_after_epoch_callback(epoch: int):
+def _epoch_callbacks(epoch: int, log):
     from transformers import TrainerCallback
 
     class StopAfterEpoch(TrainerCallback):
@@ -97,48 +105,163 @@ def _stop_after_epoch_callback(epoch: int):
                 control.should_training_stop = True
             return control
 
-    return StopAfterEpoch()
+    class EpochClock(TrainerCallback):
+        """Times the epoch's steps alone: loading, ZeRO set-up, resume and checkpoint saving are left out, so that
+        tokens/s and MFU describe training, not start-up."""
+
+        def __init__(self):
+            self.begin = self.end = None
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.end = time.perf_counter()
+
+        @property
+        def seconds(self) -> float | None:
+            return None if self.begin is None or self.end is None else self.end - self.begin
+
+    class Progress(TrainerCallback):
+        """One line per logged step in the job log (rank 0): step, loss, learning rate."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                current = math.ceil(state.epoch - 1e-9) if state.epoch else epoch
+                log(f"epoch {current}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                    f"lr {logs.get('learning_rate', 0):.3g}")
+
+    clock = EpochClock()
+    return [StopAfterEpoch(), clock, Progress()], clock
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _max_over_ranks(value: int, on_gpu: bool) -> int:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device="cuda" if on_gpu else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _peak_memory_bytes(on_gpu: bool) -> int:
+    """GPU: the most memory torch allocated on this rank's device; CPU: the peak RSS of this process."""
+    if on_gpu:
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cuda_gpu_name() -> str | None:
+    """The agenttune.cost GPU entry of the CUDA device this job runs on, when it is one the cost module knows."""
+    name = torch.cuda.get_device_name().lower()
+    if "a100" in name:
+        return "a100-80g" if torch.cuda.get_device_properties(0).total_memory > 60 * 2**30 else "a100-40g"
+    if "h100" in name:
+        return "h100-80g"
+    if "h200" in name:
+        return "h200"
+    return None
+
+
+def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], seconds: float, world_size: int,
+                 compute: dict | None, on_gpu: bool, grad_checkpointing: bool, log=print) -> dict:
+    """MFU in agenttune.cost's convention: its training_flops (6·N·T over the compute parameters + causal attention
+    + the recomputed forward when checkpointing) over the time × devices × peak FLOP/s of one device.
+
+    Devices: the ranks on GPUs (one GPU each); on CPU the ranks share the machine, so `compute.devices` machines.
+    Peak: `compute.device_peak_flops`, else the cost module's figure for `compute.device`, else the detected GPU.
+    Returns the metrics entries (mfu None when no peak is known or the device kind does not match the config)."""
+    from agenttune.cost import GPUS, ModelShape, get_gpu, implied_mfu
+
+    compute = compute or {}
+    kind = compute.get("device")
+    if kind is None and on_gpu:
+        kind = _cuda_gpu_name()
+    if kind is not None and (kind == "cpu") == on_gpu:
+        log(f"MFU not recorded: compute.device is {kind!r} but this job runs on {'GPU' if on_gpu else 'CPU'}")
+        kind = None
+    peak = compute.get("device_peak_flops") or (GPUS[kind].peak_flops if kind in GPUS and kind != "cpu" else None)
+    devices = world_size if on_gpu else max(1, int(compute.get("devices", 1)))
+    entry = {"mfu": None, "mfu_convention": "agenttune.cost", "mfu_devices": devices, "device_peak_flops": peak,
+             "mfu_gradient_checkpointing": grad_checkpointing}
+    if kind is None or not peak or not seconds or not row_lengths:
+        return entry
+    shape = ModelShape.from_hf_config(model_config)
+    entry["mfu"] = round(implied_mfu(shape, tokens, seconds / 3600, devices, get_gpu(kind, peak_flops=peak),
+                                     row_lengths, grad_checkpointing), 6)
+    return entry
 
 
 def train_epoch(base_model_dir: str | Path, shard_paths: list[str | Path], prev_epoch_dir: str | Path | None,
-                out_dir: str | Path, epoch: int, cfg: dict, seed: int, log=print) -> dict:
+                out_dir: str | Path, epoch: int, cfg: dict, seed: int, compute: dict | None = None,
+                log=print) -> dict:
     """Train epoch `epoch` (1-based), resuming `prev_epoch_dir` for epoch > 1; write `out_dir`."""
     if epoch > 1 and prev_epoch_dir is None:
         raise ValueError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
     if epoch == 1 and prev_epoch_dir is not None:
         raise ValueError("epoch 1 starts from the base model, not from a checkpoint")
-    return run_training(base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, cfg, seed, log)
+    if epoch > cfg["epochs"]:
+        raise ValueError(f"epoch {epoch} is past train.epochs = {cfg['epochs']}")
+    return run_training(base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, cfg, seed, compute, log)
 
 
 def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resume_from: str | Path | None,
-                 out_dir: str | Path, until_epoch: int, cfg: dict, seed: int, log=print) -> dict:
+                 out_dir: str | Path, until_epoch: int, cfg: dict, seed: int, compute: dict | None = None,
+                 log=print) -> dict:
     """Train from `resume_from` (or from scratch) until the end of `until_epoch`; move that checkpoint to out_dir.
-    The per-epoch job and an uninterrupted multi-epoch run both come through here."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    The per-epoch job and an uninterrupted multi-epoch run both come through here. Returns the metrics on rank 0
+    and an empty dict on the other ranks."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from agenttune import deepspeed as ds
 
     epoch = until_epoch
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a killed job are never trusted
+    rank, world_size = _rank_and_world()
+    is_main = rank == 0
+    if not is_main:
+        log = lambda msg: None  # noqa: E731  (rank 0 speaks for the job)
+    use_deepspeed = bool(cfg.get("deepspeed"))
+    if resume_from is not None:
+        ds.check_resumable(resume_from, use_deepspeed, world_size)
+    if is_main:
+        shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a killed job are never trusted
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    model_config = AutoConfig.from_pretrained(base_model_dir)
     on_gpu = torch.cuda.is_available()
+    if cfg.get("precision") == "bf16" and not on_gpu:
+        log("precision: bf16 asked for, but there is no GPU: training in fp32 (bf16 on CPU is ~20x slower)")
     dtype = torch.bfloat16 if (cfg.get("precision") == "bf16" and on_gpu) else torch.float32
     attn = pick_attn_implementation(cfg.get("attn_implementation", "auto"), log)
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
-    n_params = sum(p.numel() for p in model.parameters())
-    if cfg.get("tuning", "full") == "freeze":
-        n_trainable = freeze_lower_layers(model, cfg["freeze_trainable_layers"])
-    else:
-        n_trainable = n_params
-    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg.get('tuning', 'full')} tuning), {dtype}")
+    ds_config = ds.zero3_config(cfg, model_config.hidden_size, on_gpu) if use_deepspeed else None
+    if ds_config:
+        zero = ds_config["zero_optimization"]
+        log(f"DeepSpeed ZeRO-3 on {world_size} rank(s): reduce bucket {zero['reduce_bucket_size']:,}, prefetch "
+            f"{zero['stage3_prefetch_bucket_size']:,} elements, offload optimizer "
+            f"{'offload_optimizer' in zero}, params {'offload_param' in zero}, bf16 {ds_config['bf16']['enabled']}")
 
     rows = load_shards(shard_paths)
     rows.sort(key=lambda r: r["id"])  # shard order must not change the data order
     dataset = TokenizedDataset(rows)
+    # Attention cost follows the samples, not the rows: a packed row (tokenize.packing) attends block-diagonally.
+    sample_lengths = [n for r in rows for n in (r.get("seq_lens") or [len(r["input_ids"])])]
     epoch_tokens = sum(len(r["input_ids"]) for r in rows)
     trained_tokens = sum(sum(1 for l in r["labels"] if l != IGNORE_INDEX) for r in rows)
+    grad_ckpt = bool(cfg.get("gradient_checkpointing", False))
 
+    # The arguments come before the model: with a ZeRO-3 config alive, from_pretrained loads the weights straight
+    # into partitions (deepspeed.zero.Init), so no rank ever holds the whole model (72B in bf16 is 145 GB).
     args = TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=cfg["epochs"],
@@ -157,56 +280,163 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         report_to="none",
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
+        # Several CPU ranks: gloo is the backend that works without a GPU (accelerate's MULTI_CPU).
+        ddp_backend="gloo" if (not on_gpu and world_size > 1) else None,
         bf16=dtype == torch.bfloat16,
-        activation_checkpointing=cfg.get("gradient_checkpointing", False),
-        deepspeed=cfg.get("deepspeed_config"),
-        disable_tqdm=False,
+        activation_checkpointing=grad_ckpt,
+        deepspeed=ds_config,
+        # Job logs are files: the Progress callback writes one line per step instead of a redrawn bar.
+        disable_tqdm=True,
     )
+    _ = args.device  # sets up torch.distributed (gloo on CPU) before zero.Init would pick a backend of its own
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
+    # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size.
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    if cfg.get("tuning", "full") == "freeze":
+        freeze_lower_layers(model, cfg["freeze_trainable_layers"])
+    n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    if ds_config and hasattr(next(model.parameters()), "ds_numel"):
+        log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
+    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg.get('tuning', 'full')} tuning), {dtype}")
+    callbacks, clock = _epoch_callbacks(epoch, log)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        # Packed shards (tokenize.packing) need their own collator: per-sample positions, block-diagonal mask.
+        data_collator=make_collator(shard_paths, tokenizer.pad_token_id, attn, dtype) or PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[_stop_after_epoch_callback(epoch)],
+        callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # it would print every log dict again next to Progress
+    _barrier()  # rank 0 has cleaned work_dir before any rank can write into it
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - start
+    peak_mem = _max_over_ranks(_peak_memory_bytes(on_gpu), on_gpu)
+    _barrier()  # every rank has written its ZeRO shards
+    if not is_main:
+        return {}
 
     checkpoints = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not checkpoints:
         raise RuntimeError(f"training epoch {epoch} saved no checkpoint in {work_dir}")
     ckpt = checkpoints[-1]
+    if ds_config:
+        (ckpt / ds.CONFIG_NAME).write_text(json.dumps(ds_config, indent=2, sort_keys=True) + "\n")
+        if not ds.has_plain_weights(ckpt):
+            log("exporting the ZeRO checkpoint to plain safetensors")
+            ds.export_zero_checkpoint(ckpt)
     state = trainer.state
     epoch_logs = [r for r in state.log_history if "loss" in r and epoch - 1 < r.get("epoch", 0) <= epoch + 1e-9]
-    peak_flops = cfg.get("device_peak_flops") or 0
-    if on_gpu:
-        peak_mem = torch.cuda.max_memory_allocated()
-    else:
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = clock.seconds or wall
     metrics = {
         "epoch": epoch,
         "global_step": state.global_step,
         "loss_curve": [{"step": r["step"], "loss": r["loss"], "learning_rate": r.get("learning_rate")} for r in epoch_logs],
         "mean_loss": sum(r["loss"] for r in epoch_logs) / max(1, len(epoch_logs)),
-        "tokens": epoch_tokens,
+        "tokens": epoch_tokens,  # real (non-padding) tokens in the epoch's rows, all ranks together
         "trained_tokens": trained_tokens,
-        "samples": len(rows),
-        "wall_time_s": round(wall, 3),
-        "tokens_per_s": round(epoch_tokens / wall, 3),
-        "peak_memory_bytes": peak_mem,
+        "samples": len(sample_lengths),
+        "rows": len(rows),
+        "samples_per_row": round(len(sample_lengths) / max(1, len(rows)), 3),  # > 1 when the shards are packed
+        "train_time_s": round(seconds, 3),  # the epoch's steps only
+        "wall_time_s": round(wall, 3),  # trainer.train(): also resume, ZeRO set-up and checkpoint saving
+        "tokens_per_s": round(epoch_tokens / seconds, 3),
+        "peak_memory_bytes": peak_mem,  # the largest over the ranks
         "parameters": n_params,
         "trainable_parameters": n_trainable,
         "device": "cuda" if on_gpu else "cpu",
-        "device_peak_flops": peak_flops,
-        # 6·N·T counts forward+backward over all parameters; with freeze tuning the real work is lower.
-        "mfu": round(6 * n_params * epoch_tokens / wall / peak_flops, 6) if peak_flops else None,
+        "world_size": world_size,
+        "deepspeed_stage": 3 if ds_config else None,
+        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "attn_implementation": attn,
+        "gradient_checkpointing": grad_ckpt,
+        **measured_mfu(model.config.to_dict(), epoch_tokens, sample_lengths, seconds, world_size, compute, on_gpu,
+                       grad_ckpt, log),
     }
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _write_epoch_manifest(ckpt, base_model_dir, shard_paths, resume_from, cfg, seed, epoch, world_size)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(ckpt, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     log(f"epoch {epoch}: step {state.global_step}, mean loss {metrics['mean_loss']:.4f}, "
-        f"{metrics['tokens_per_s']:.1f} tokens/s, wrote {out_dir}")
+        f"{metrics['tokens_per_s']:.1f} tokens/s, MFU {metrics['mfu']}, wrote {out_dir}")
     return metrics
+
+
+def _write_epoch_manifest(folder: Path, base_model_dir, shard_paths, resume_from, cfg: dict, seed: int, epoch: int,
+                          world_size: int) -> None:
+    """`manifest.json` of the epoch folder. Inputs: the shards, the base model's config, and the previous epoch's
+    manifest (which names its own inputs and weights, so the chain is covered without re-reading big files).
+    Outputs: sha256 of the weights, the number the reproducibility tests compare."""
+    inputs = {f"shard:{Path(p).name}": p for p in shard_paths}
+    inputs["base_model_config"] = Path(base_model_dir) / "config.json"
+    if resume_from is not None:
+        prev = Path(resume_from) / "manifest.json"
+        inputs["previous_epoch"] = prev if prev.is_file() else Path(resume_from) / "trainer_state.json"
+    weights = sorted(p.name for p in folder.glob("model*.safetensors"))
+    write_manifest(folder / "manifest.json", "train_epoch", inputs,
+                   {"train": cfg, "seed": seed, "epoch": epoch, "world_size": world_size},
+                   outputs={name: sha256_file(folder / name) for name in weights})
+
+
+# --------------------------------------------------------------------------- rank entry point
+
+def write_job_spec(path: str | Path, base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch: int, cfg: dict,
+                   seed: int, compute: dict | None = None, uninterrupted: bool = False) -> Path:
+    """The arguments of `train_epoch` as JSON, for `python -m agenttune.train SPEC` on every rank.
+    `uninterrupted`: train epochs 1..epoch in one go from the base model (the reference that chained per-epoch
+    jobs must equal; tests and benchmarks use it)."""
+    def absolute(p):
+        return None if p is None else str(Path(p).resolve())
+
+    spec = {
+        "base_model_dir": absolute(base_model_dir),
+        "shard_paths": [absolute(p) for p in shard_paths],
+        "prev_epoch_dir": absolute(prev_epoch_dir),
+        "out_dir": absolute(out_dir),
+        "epoch": int(epoch),
+        "cfg": cfg,
+        "seed": int(seed),
+        "compute": compute,
+        "uninterrupted": bool(uninterrupted),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agenttune.launch import die_with_parent
+
+    ap = argparse.ArgumentParser(prog="python -m agenttune.train",
+                                 description="Run one rank of a training job described by SPEC.json "
+                                             "(written by agenttune.launch).")
+    ap.add_argument("spec")
+    # The DeepSpeed launcher passes --local_rank; LOCAL_RANK in the environment says the same.
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    die_with_parent()  # a rank never outlives the launcher that started it
+    spec = json.loads(Path(args.spec).read_text())
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
+
+    if spec.get("uninterrupted"):
+        run_training(spec["base_model_dir"], spec["shard_paths"], None, spec["out_dir"], spec["epoch"], spec["cfg"],
+                     spec["seed"], compute=spec.get("compute"), log=log)
+    else:
+        train_epoch(spec["base_model_dir"], spec["shard_paths"], spec["prev_epoch_dir"], spec["out_dir"],
+                    spec["epoch"], spec["cfg"], spec["seed"], compute=spec.get("compute"), log=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,38 +1,185 @@
-# Generation and scoring are separate jobs so that changing λ or the fuzzy metric re-scores without regenerating.
+# Evaluation (docs/evaluation.md): benchmark items, built once per run -> predictions per model and benchmark ->
+# scores per model. Generation and scoring are separate jobs, so changing λ or the fuzzy metric re-scores without
+# regenerating. Also: loss on held-out general chat per model, the human rating sheet, candidate generation.
+# Library modules a rule runs are listed as inputs: Snakemake does not see imports, and an edited scorer must
+# re-score (an edited generator must regenerate).
+
+
+include: "evaluate_common.smk"
+
+
+wildcard_constraints:
+    bench="val|bfcl",
+    benchmark="heldout|val|bfcl",
+
+
+rule eval_items:
+    input:
+        unpack(eval_items_inputs),
+        code=["agenttune/benchmarks.py", "agenttune/candidates.py"],
+    output:
+        benchmark_items=f"{OUT}/eval/items/{{benchmark}}.jsonl",
+        stats=f"{OUT}/eval/items/{{benchmark}}.json",
+    log:
+        f"{OUT}/logs/eval_items/{{benchmark}}.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        evaluate=eval_items_config,
+        format=config["format"],
+        seed=config["seed"],
+    script:
+        "../scripts/eval_items.py"
 
 
 rule predict:
     input:
         model=model_folder,
-        samples=f"{OUT}/samples/test.jsonl",
+        benchmark_items=f"{OUT}/eval/items/heldout.jsonl",
+        code=["agenttune/generate.py", "agenttune/evaluate.py"],
     output:
-        f"{OUT}/eval/{{model}}/predictions.jsonl",
-    params:
-        generation={
-            k: config["evaluate"].get(k)
-            for k in ("max_items", "max_new_tokens", "batch_size")
-        },
-        seed=config["seed"],
-    threads: 2
+        predictions=f"{OUT}/eval/{{model}}/predictions.jsonl",
+        manifest=f"{OUT}/eval/{{model}}/predict.json",
     log:
         f"{OUT}/logs/predict/{{model}}.log",
     conda:
         "../envs/eval.yaml"
+    threads: 2
+    params:
+        # batch_size is left out: outputs do not depend on it (agenttune.generate), so changing it re-runs nothing.
+        generation=GENERATION,
+        batch_size=EVAL["batch_size"],
+        seed=config["seed"],
     script:
         "../scripts/predict.py"
 
 
+use rule predict as predict_benchmark with:
+    input:
+        model=model_folder,
+        benchmark_items=f"{OUT}/eval/items/{{bench}}.jsonl",
+        code=["agenttune/generate.py", "agenttune/evaluate.py"],
+    output:
+        predictions=f"{OUT}/eval/{{model}}/{{bench}}/predictions.jsonl",
+        manifest=f"{OUT}/eval/{{model}}/{{bench}}/predict.json",
+    log:
+        f"{OUT}/logs/predict/{{model}}-{{bench}}.log",
+
+
 rule score:
     input:
-        f"{OUT}/eval/{{model}}/predictions.jsonl",
+        predictions=f"{OUT}/eval/{{model}}/predictions.jsonl",
+        benchmarks=expand(
+            f"{OUT}/eval/{{{{model}}}}/{{bench}}/predictions.jsonl",
+            bench=EXTRA_BENCHMARKS,
+        ),
+        code=["agenttune/score.py", "agenttune/parse.py", "agenttune/evaluate.py"],
     output:
         f"{OUT}/eval/{{model}}/scores.json",
-    params:
-        lam=config["evaluate"]["lambda"],
-        fuzzy=config["evaluate"]["fuzzy"],
     log:
         f"{OUT}/logs/score/{{model}}.log",
     conda:
         "../envs/eval.yaml"
+    params:
+        lam=EVAL["lambda"],
+        fuzzy=EVAL["fuzzy"],
+        benchmarks=EXTRA_BENCHMARKS,
     script:
         "../scripts/score.py"
+
+
+rule general_items:
+    input:
+        unpack(general_items_inputs),
+    output:
+        general_items=f"{OUT}/eval/general/items.jsonl",
+        stats=f"{OUT}/eval/general/items.json",
+    log:
+        f"{OUT}/logs/general_items.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        general=GENERAL,
+        seed=config["seed"],
+    script:
+        "../scripts/general_items.py"
+
+
+rule general_loss:
+    input:
+        model=model_folder,
+        general_items=f"{OUT}/eval/general/items.jsonl",
+    output:
+        f"{OUT}/eval/{{model}}/general.json",
+    log:
+        f"{OUT}/logs/general_loss/{{model}}.log",
+    conda:
+        "../envs/eval.yaml"
+    threads: 2
+    params:
+        precision=EVAL.get("precision", "fp32"),
+    script:
+        "../scripts/general_loss.py"
+
+
+rule human_sheet:
+    input:
+        benchmark_items=f"{OUT}/eval/items/heldout.jsonl",
+        predictions=expand(
+            f"{OUT}/eval/{{model}}/predictions.jsonl", model=HUMAN_MODELS
+        ),
+    output:
+        sheet=f"{OUT}/human/sheet.csv",
+        key=f"{OUT}/human/key.json",
+        stats=f"{OUT}/human/sheet.json",
+    log:
+        f"{OUT}/logs/human_sheet.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        models=HUMAN_MODELS,
+        n_items=HUMAN.get("n_items", 12),
+        seed=config["seed"],
+    script:
+        "../scripts/human_sheet.py"
+
+
+rule human_scores:
+    input:
+        key=f"{OUT}/human/key.json",
+        sheets=list((HUMAN.get("sheets") or {}).values()),
+    output:
+        f"{OUT}/human/summary.json",
+    log:
+        f"{OUT}/logs/human_scores.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        sheets=HUMAN.get("sheets") or {},
+    script:
+        "../scripts/human_scores.py"
+
+
+# Not part of `all`: needs a reachable endpoint. `snakemake --cores 1 candidates` (docs/evaluation.md).
+rule generate_candidates:
+    input:
+        traces=f"{OUT}/traces/traces.jsonl",
+        train=f"{OUT}/samples/train.jsonl",
+    output:
+        candidates=f"{OUT}/candidates/generated.jsonl",
+        stats=f"{OUT}/candidates/generated.json",
+    log:
+        f"{OUT}/logs/generate_candidates.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        # The endpoint settings; the API key itself is read from the environment inside the job.
+        endpoint=EVAL.get("generate_candidates") or {},
+        seed=config["seed"],
+    script:
+        "../scripts/generate_candidates.py"
+
+
+rule candidates:
+    input:
+        f"{OUT}/candidates/generated.jsonl",

@@ -1,36 +1,53 @@
+from agenttune.launch import plan_launch
+from agenttune.slurm import train_resources
+
+
 rule prepare_base_model:
     output:
         directory(MODEL_DIR),
-    params:
-        model=config["model"],
-        seed=config["seed"],
     log:
         f"results/logs/prepare_base_model/{config['model']['name']}.log",
     conda:
         "../envs/train-cpu.yaml"
+    params:
+        model=config["model"],
+        seed=config["seed"],
     script:
         "../scripts/prepare_base_model.py"
+
+
+# How the ranks of a training job start (agenttune.launch): checked here, at planning time, so that a bad
+# launcher/nodes/processes combination fails before any job runs. Multi-process Slurm jobs get `mpi`, `nodes` and
+# `tasks`, GPU jobs their gres per node (agenttune.slurm.train_resources; docs/training.md) and the GPU environment.
+TRAIN_LAUNCH = plan_launch(config["train"])
+TRAIN_ENV = (
+    "../envs/train-cpu.yaml"
+    if config["compute"]["device"] == "cpu"
+    else "../envs/train-gpu.yaml"
+)
 
 
 # Each epoch is its own job; it resumes model, optimizer, scheduler, RNG and data order from the previous epoch.
 rule train_epoch:
     input:
         model=MODEL_DIR,
-        shards=expand(f"{OUT}/shards/train-{{shard}}.parquet", shard=SHARDS),
+        shards=shard_files("train"),
         manifest=f"{OUT}/shards/manifest.json",
         preflight=f"{OUT}/cost/preflight.json",
         previous=previous_epoch,
     output:
         directory(f"{OUT}/checkpoints/epoch-{{epoch}}"),
-    params:
-        train=config["train"],
-        seed=config["seed"],
-    threads: 2
-    resources:
-        mem_mb=8000,
     log:
         f"{OUT}/logs/train_epoch/epoch-{{epoch}}.log",
     conda:
-        "../envs/train-cpu.yaml"
+        TRAIN_ENV
+    threads: 2
+    resources:
+        **train_resources(config["train"]),
+        mem_mb=8000,
+    params:
+        train=config["train"],
+        compute=config["compute"],
+        seed=config["seed"],
     script:
         "../scripts/train_epoch.py"

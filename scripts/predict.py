@@ -1,7 +1,13 @@
 from agenttune.evaluate import predict
+from agenttune.manifest import write_manifest
 from agenttune.runlog import stage_log
 
 with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
-    n = predict(snakemake.input.model, snakemake.input.samples, snakemake.output[0], snakemake.params.generation,
-                snakemake.params.seed, log=log)
-    log(f"wrote {n} predictions to {snakemake.output[0]}")
+    cfg = {**snakemake.params.generation, "batch_size": snakemake.params.batch_size}
+    stats = predict(snakemake.input.model, snakemake.input.benchmark_items, snakemake.output.predictions, cfg,
+                    snakemake.params.seed, log=log)
+    # Provenance for the report: sha256 of the model folder and the items. No times: identical runs, identical files.
+    write_manifest(snakemake.output.manifest, "predict", {"model": snakemake.input.model, "items": snakemake.input.benchmark_items},
+                   dict(snakemake.params.generation),
+                   {"items": stats["items"], "generated_tokens": stats["generated_tokens"], "finish": stats["finish"]})
+    log(f"wrote {stats['items']} predictions to {snakemake.output.predictions}")

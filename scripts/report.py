@@ -2,7 +2,26 @@ from agenttune.report import build_report
 from agenttune.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
-    metrics = [f"{d}/metrics.json" for d in snakemake.input.metrics]
-    build_report(snakemake.params.run, snakemake.params.models, snakemake.input.scores, metrics,
-                 snakemake.input.data_stats, snakemake.input.shards, snakemake.input.predictions, snakemake.output[0])
-    log(f"wrote {snakemake.output[0]}")
+    inp, params, out = snakemake.input, snakemake.params, snakemake.output
+    models, benches = list(params.models), list(params.benchmarks)
+    n = len(models)
+    bench_manifests = list(inp.bench_manifests)
+    paths = {
+        "scores": list(inp.scores),
+        "predictions": {"heldout": list(inp.predictions)},
+        "items_files": {"heldout": inp.heldout_items},
+        "items": dict(zip(["heldout"] + benches, inp.items_stats)),
+        # expand() orders model-major: model 0's benchmarks, then model 1's ...
+        "manifests": {"heldout": list(inp.manifests),
+                      **{b: bench_manifests[k::len(benches)] for k, b in enumerate(benches)}},
+        "general": list(inp.general),
+        "general_items": inp.general_items,
+        "metrics": [f"{d}/metrics.json" for d in inp.metrics],
+        "data_stats": inp.data_stats,
+        "shards": inp.shards,
+        "human": inp.get("human"),
+        "human_sheet": inp.human_sheet,
+    }
+    build_report(params.run, models, paths, out.md, out.html, {"score": out.score_plot, "loss": out.loss_plot},
+                 params.examples)
+    log(f"wrote {out.md}, {out.html} and the plots")

@@ -1,11 +1,13 @@
-from agenttune.manifest import config_hash, sha256_path
+import json
+
 from agenttune.runlog import stage_log
-from agenttune.tokenize import gather_manifest
+from agenttune.tokenize import ChatEncoder, gather_manifest, manifest_extra
 
 with stage_log(snakemake.log[0]) as log:
-    cfg = snakemake.params.tokenize
-    tokenizer = {"folder": snakemake.input.model, "sha256_tokenizer_json": sha256_path(f"{snakemake.input.model}/tokenizer.json")}
-    extra = {"max_len": cfg["max_len"], "overlong": cfg["overlong"], "num_shards": cfg["num_shards"],
-             "tokenizer": tokenizer, "config_hash": config_hash(cfg)}
+    plan = json.loads(open(snakemake.input.plan, encoding="utf-8").read())
+    encoder = ChatEncoder.from_folder(snakemake.input.model)
+    extra = manifest_extra(snakemake.params.tokenize, encoder, plan)
     manifest = gather_manifest(snakemake.input.stats, snakemake.output[0], extra)
-    log(f"train: {manifest['total_tokens']} tokens -> {snakemake.output[0]}")
+    for split, s in manifest["splits"].items():
+        eff = f", packing efficiency {s['packing_efficiency']:.4f}" if manifest["packing"] else ""
+        log(f"{split}: {s['samples_in']} samples, {s['rows']} rows, {s['tokens']} tokens, {s['dropped']} dropped{eff}")

@@ -1,40 +1,24 @@
-"""Per-epoch training: a chained run (one call per epoch, resuming) ends bit-identical to an uninterrupted run."""
+"""Per-epoch training: a chained run (one call per epoch, resuming) ends bit-identical to an uninterrupted run; a job
+killed mid-epoch leaves nothing Snakemake would accept, and its re-run ends identical too."""
 
 import json
-import random
+import subprocess
+import sys
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from training_data import CFG, write_shards
 
+from agenttune.cost import ModelShape, get_gpu, implied_mfu, read_measured_mfu
 from agenttune.manifest import sha256_file
-from agenttune.tokenize import IGNORE_INDEX, SHARD_SCHEMA
-from agenttune.train import run_training, train_epoch
+from agenttune.tokenize import load_shards
+from agenttune.train import run_training, train_epoch, write_job_spec
 
-CFG = {"epochs": 2, "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.0,
-       "batch_size": 1, "grad_accum": 2, "tuning": "full", "precision": "fp32", "attn_implementation": "sdpa"}
+COMPUTE = {"device": "cpu", "devices": 1, "device_peak_flops": 1.6e11}
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    rng = random.Random(0)
-    out = tmp_path_factory.mktemp("shards")
-    paths = []
-    for shard in range(2):
-        rows = {k: [] for k in SHARD_SCHEMA.names}
-        for i in range(6):
-            n = rng.randint(12, 40)
-            ids = [rng.randint(10, 2000) for _ in range(n)]
-            labels = [IGNORE_INDEX] * (n // 2) + ids[n // 2:]
-            rows["id"].append(f"s{shard}-{i}")
-            rows["input_ids"].append(ids)
-            rows["labels"].append(labels)
-            rows["n_tokens"].append(n)
-            rows["n_trained"].append(n - n // 2)
-        path = out / f"train-{shard}.parquet"
-        pq.write_table(pa.table(rows, schema=SHARD_SCHEMA), path)
-        paths.append(path)
-    return paths
+    return write_shards(tmp_path_factory.mktemp("shards"))
 
 
 def _lrs(folder):
@@ -42,14 +26,18 @@ def _lrs(folder):
     return [(r["step"], r["learning_rate"]) for r in state["log_history"] if "learning_rate" in r], state["global_step"]
 
 
-def test_chained_epochs_equal_uninterrupted_run(tmp_path, tiny_model_dir, shards):
-    e1 = tmp_path / "chained" / "epoch-1"
-    e2 = tmp_path / "chained" / "epoch-2"
-    m1 = train_epoch(tiny_model_dir, shards, None, e1, 1, CFG, seed=5, log=lambda m: None)
-    m2 = train_epoch(tiny_model_dir, shards, e1, e2, 2, CFG, seed=5, log=lambda m: None)
-    straight = tmp_path / "straight" / "epoch-2"
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory, tiny_model_dir, shards):
+    root = tmp_path_factory.mktemp("chained")
+    e1, e2, straight = root / "chained" / "epoch-1", root / "chained" / "epoch-2", root / "straight" / "epoch-2"
+    m1 = train_epoch(tiny_model_dir, shards, None, e1, 1, CFG, seed=5, compute=COMPUTE, log=lambda m: None)
+    m2 = train_epoch(tiny_model_dir, shards, e1, e2, 2, CFG, seed=5, compute=COMPUTE, log=lambda m: None)
     run_training(tiny_model_dir, shards, None, straight, 2, CFG, seed=5, log=lambda m: None)
+    return {"e1": e1, "e2": e2, "straight": straight, "m1": m1, "m2": m2, "root": root}
 
+
+def test_chained_epochs_equal_uninterrupted_run(chained):
+    e1, e2, straight, m1, m2 = (chained[k] for k in ("e1", "e2", "straight", "m1", "m2"))
     # 12 samples, batch 1, accumulation 2: 6 optimizer steps per epoch; epoch 2 continues the step count.
     assert m1["global_step"] == 6 and m2["global_step"] == 12
     lrs_chained, step = _lrs(e2)
@@ -61,18 +49,108 @@ def test_chained_epochs_equal_uninterrupted_run(tmp_path, tiny_model_dir, shards
     assert sha256_file(e1 / "model.safetensors") != sha256_file(e2 / "model.safetensors")
     for f in ("config.json", "tokenizer.json", "metrics.json", "optimizer.pt", "scheduler.pt"):
         assert (e2 / f).exists(), f
-    assert not (tmp_path / "chained" / "epoch-2.partial").exists()
+    assert not (chained["root"] / "chained" / "epoch-2.partial").exists()
+    manifest = json.loads((e2 / "manifest.json").read_text())
+    assert manifest["outputs"]["model.safetensors"] == sha256_file(e2 / "model.safetensors")
+    assert manifest["inputs"]["previous_epoch"]["sha256"] == sha256_file(e1 / "manifest.json")
+    assert manifest["config"]["epoch"] == 2 and manifest["config"]["train"] == CFG
 
 
-def test_epoch_folder_loads_without_the_trainer(tmp_path, tiny_model_dir, shards):
+def test_metrics_record_mfu_in_the_cost_modules_convention(chained, shards):
+    path = chained["e2"] / "metrics.json"
+    m = json.loads(path.read_text())
+    assert m["mfu_convention"] == "agenttune.cost" and m["world_size"] == 1 and m["mfu_devices"] == 1
+    assert m["tokens"] > 0 and m["train_time_s"] > 0 and m["peak_memory_bytes"] > 0 and m["deepspeed_stage"] is None
+    assert len(m["loss_curve"]) == 6 and m["tokens_per_s"] == pytest.approx(m["tokens"] / m["train_time_s"], rel=1e-2)
+    # The number agenttune.cost computes for these tokens, rows and seconds: attention included, 6·N·T alone is less.
+    shape = ModelShape.from_hf_config(json.loads((chained["e2"] / "config.json").read_text()))
+    rows = [len(r["input_ids"]) for r in load_shards(shards)]
+    expected = implied_mfu(shape, sum(rows), m["train_time_s"] / 3600, 1, get_gpu("cpu", peak_flops=1.6e11), rows)
+    assert m["tokens"] == sum(rows)
+    assert m["mfu"] == pytest.approx(expected, rel=1e-2)
+    assert m["mfu"] > 6 * shape.compute_params * m["tokens"] / m["train_time_s"] / 1.6e11
+    # The cost module takes it as it is (no 6·N·T rescaling).
+    mfu, how = read_measured_mfu(path, shape)
+    assert mfu == m["mfu"] and how.startswith("measured")
+
+
+def test_epoch_folder_loads_without_the_trainer(chained):
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "epoch-1"
-    train_epoch(tiny_model_dir, shards, None, out, 1, CFG, seed=5, log=lambda m: None)
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(chained["e1"])
     assert model.config.num_hidden_layers == 2
 
 
 def test_epoch_needs_previous_checkpoint(tmp_path, tiny_model_dir, shards):
     with pytest.raises(ValueError, match="needs the checkpoint of epoch 1"):
         train_epoch(tiny_model_dir, shards, None, tmp_path / "e2", 2, CFG, seed=5)
+    with pytest.raises(ValueError, match="past train.epochs"):
+        train_epoch(tiny_model_dir, shards, tmp_path / "e2", tmp_path / "e3", 3, CFG, seed=5)
+
+
+def test_killed_job_leaves_no_epoch_and_its_rerun_equals_the_uninterrupted_run(tmp_path, tiny_model_dir):
+    # Longer rows than the other tests, so that an epoch lasts long enough to be killed in the middle of it.
+    shards = write_shards(tmp_path / "shards", rows_per_shard=20, min_len=40, max_len=100, seed=3)
+    e1, e2 = tmp_path / "chained" / "epoch-1", tmp_path / "chained" / "epoch-2"
+    train_epoch(tiny_model_dir, shards, None, e1, 1, CFG, seed=5, log=lambda m: None)
+    sha_e1 = sha256_file(e1 / "model.safetensors")
+
+    # The epoch-2 job, as its own process (the rank entry point the launchers use), SIGKILLed three steps in: 17 of
+    # its 20 steps and the checkpoint save are still ahead of it.
+    spec = write_job_spec(tmp_path / "epoch-2.launch.json", tiny_model_dir, shards, e1, e2, 2, CFG, 5)
+    proc = subprocess.Popen([sys.executable, "-m", "agenttune.train", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 2: step 23/40" in line:
+            proc.kill()
+            break
+    proc.wait()
+    assert proc.returncode == -9, "".join(seen[-30:])
+    assert not e2.exists(), "a killed job left an epoch folder that Snakemake would accept"
+    assert sha256_file(e1 / "model.safetensors") == sha_e1  # the input of the job is untouched
+
+    # Re-running the job completes the epoch; it equals both epochs trained in one go.
+    train_epoch(tiny_model_dir, shards, e1, e2, 2, CFG, seed=5, log=lambda m: None)
+    straight = tmp_path / "straight" / "epoch-2"
+    run_training(tiny_model_dir, shards, None, straight, 2, CFG, seed=5, log=lambda m: None)
+    assert sha256_file(e2 / "model.safetensors") == sha256_file(straight / "model.safetensors")
+    assert not (tmp_path / "chained" / "epoch-2.partial").exists()
+
+
+def test_mfu_counts_every_gpu_attention_and_recompute():
+    from agenttune.cost import training_flops
+    from agenttune.train import measured_mfu
+
+    config = {"num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+              "num_key_value_heads": 32, "vocab_size": 32000, "model_type": "llama"}
+    shape = ModelShape.from_hf_config(config)
+    rows = [4096] * 100
+    tokens = sum(rows)
+    plain = measured_mfu(config, tokens, rows, 3600.0, 4, {"device": "a100-80g"}, on_gpu=True,
+                         grad_checkpointing=False, log=lambda m: None)
+    assert plain["mfu_devices"] == 4 and plain["device_peak_flops"] == 312e12
+    assert plain["mfu"] == pytest.approx(training_flops(shape, tokens, rows).total / (3600 * 4 * 312e12), rel=1e-5)
+    ckpt = measured_mfu(config, tokens, rows, 3600.0, 4, {"device": "a100-80g"}, on_gpu=True,
+                        grad_checkpointing=True, log=lambda m: None)
+    assert 1.3 < ckpt["mfu"] / plain["mfu"] < 4 / 3  # the recomputed forward of the layers counts
+    # A config that says CPU on a GPU job (or the reverse) records no MFU rather than a wrong one.
+    said = []
+    wrong = measured_mfu(config, tokens, rows, 3600.0, 1, {"device": "cpu", "device_peak_flops": 1e12},
+                         on_gpu=True, grad_checkpointing=False, log=said.append)
+    assert wrong["mfu"] is None and "MFU not recorded" in said[0]
+
+
+def test_attention_falls_back_to_sdpa_and_says_why(monkeypatch):
+    from agenttune.train import pick_attn_implementation
+
+    said = []
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    assert pick_attn_implementation("auto", said.append) == "sdpa"
+    assert pick_attn_implementation("flash_attention_2", said.append) == "sdpa"
+    assert pick_attn_implementation("eager", said.append) == "eager"
+    assert said == ["attention: sdpa (flash-attn not installed)"] * 2 + ["attention: eager (from config)"]
+    monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))  # installed, but this machine has no GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert pick_attn_implementation("auto", said.append) == "sdpa" and said[-1].endswith("no CUDA device)")

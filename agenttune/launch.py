@@ -1,0 +1,264 @@
+"""Launch one training epoch: in this process, or as several ranks through torchrun, the DeepSpeed launcher or srun.
+
+Takes: the `train` section of the run config (`launcher`, `nodes`, `nproc_per_node`, `master_port`), the job's
+threads and the Snakemake resources it was given.
+Gives: the command that starts every rank of `python -m agenttune.train SPEC` (built here, tested without a cluster)
+and `run_epoch_job`, which the train rule's script calls: it trains in-process for `launcher: none`, otherwise writes
+the job spec next to the output, runs the launcher, streams the ranks' output into the job log and checks the result.
+
+Launchers:
+- `none`: this process is the only rank (DeepSpeed gets RANK=0, WORLD_SIZE=1 and a free port on 127.0.0.1).
+- `torchrun`: one node: `torchrun --standalone --nproc_per_node P`. Several nodes: inside the Slurm job,
+  `srun` starts one torchrun per node, and each derives the rendezvous host from `SLURM_JOB_NODELIST` with
+  `scontrol show hostnames` inside that job step (c10d rendezvous, id = the Slurm job id).
+- `deepspeed`: one node: `deepspeed --num_gpus P`. Several nodes: one srun step on the first node writes a hostfile
+  from the allocation (`host slots=P`) and runs the DeepSpeed launcher, which reaches the other nodes with pdsh
+  (passwordless ssh between the nodes is DeepSpeed's requirement there).
+- `srun`: one rank per Slurm task (`nodes × nproc_per_node` tasks): each task sets RANK/LOCAL_RANK/WORLD_SIZE from
+  SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS and MASTER_ADDR from `scontrol show hostnames` inside the job step. With
+  snakemake-executor-plugin-slurm the rule carries `mpi: "srun"`, `nodes` and `tasks`, so the plugin allocates the
+  tasks and runs the job without its own `srun -n1` wrapper (a nested multi-task srun would hang inside it).
+
+The rank processes die with their parent (PR_SET_PDEATHSIG on Linux): a killed job leaves no rank behind that
+could finish the epoch after Snakemake has given up on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+LAUNCHERS = ("none", "torchrun", "deepspeed", "srun")
+WORKER_MODULE = "agenttune.train"
+# Without a configured port, multi-node jobs take one from the Slurm job id so that two jobs sharing a node differ.
+SLURM_PORT_EXPR = "$((20000 + SLURM_JOB_ID % 20000))"
+# The rendezvous host: the allocation's first node, computed by the shell of the job step (the only place
+# SLURM_JOB_NODELIST is sure to be set), as its NodeAddr from `scontrol show node` (node names need not resolve;
+# the address Slurm itself uses does), else its name. No pipe into `head`, whose early exit could fail the step
+# under `set -o pipefail`.
+FIRST_HOST = ('HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST"); FIRST=${HOSTS%%$\'\\n\'*}; '
+              'test -n "$FIRST"; NODE=$(scontrol show node "$FIRST" -o 2>/dev/null || true); '
+              'if [[ $NODE =~ NodeAddr=([^[:space:]]+) ]]; then MASTER_ADDR=${BASH_REMATCH[1]}; '
+              'else MASTER_ADDR=$FIRST; fi')
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    launcher: str = "none"
+    nodes: int = 1
+    nproc_per_node: int = 1
+    master_port: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+def plan_launch(train_cfg: dict, resources: dict | None = None) -> LaunchPlan:
+    """The launch plan from the config; the Snakemake resources the job got (a profile may set them) must agree."""
+    plan = LaunchPlan(
+        launcher=train_cfg.get("launcher", "none"),
+        nodes=int(train_cfg.get("nodes", 1)),
+        nproc_per_node=int(train_cfg.get("nproc_per_node", 1)),
+        master_port=train_cfg.get("master_port"),
+    )
+    if plan.launcher not in LAUNCHERS:
+        raise ValueError(f"train.launcher: {plan.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if plan.nodes < 1 or plan.nproc_per_node < 1:
+        raise ValueError("train.nodes and train.nproc_per_node must be at least 1")
+    if plan.launcher == "none" and plan.world_size > 1:
+        raise ValueError(f"train.launcher: none runs one process, but train.nodes × train.nproc_per_node = "
+                         f"{plan.world_size}: choose torchrun, deepspeed or srun")
+    expected = slurm_resources(plan)
+    for key, value in expected.items():
+        got = (resources or {}).get(key)
+        if got is not None and str(got) != str(value):
+            raise ValueError(f"the train_epoch job has resources {key}={got!r}, but the train config asks for "
+                             f"{key}={value!r} (launcher {plan.launcher}, {plan.nodes} node(s) × "
+                             f"{plan.nproc_per_node} process(es)); change the config, not the profile")
+    return plan
+
+
+def slurm_resources(plan: LaunchPlan) -> dict:
+    """The Snakemake resources the train rule declares for this plan (read by snakemake-executor-plugin-slurm).
+
+    `mpi` makes the plugin run the job itself in the batch step, where our own srun starts the tasks. Jobs that
+    stay on one node without srun get none of these (the plugin runs them in `srun -n1`, which torchrun and the
+    DeepSpeed launcher are happy inside)."""
+    if plan.launcher == "srun":
+        return {"nodes": plan.nodes, "tasks": plan.world_size, "mpi": "srun"}
+    if plan.nodes > 1:  # torchrun or deepspeed across nodes: one launcher per node
+        return {"nodes": plan.nodes, "tasks": plan.nodes, "mpi": "srun"}
+    return {}
+
+
+def worker_command(spec_path: str | Path, python: str = sys.executable) -> list[str]:
+    return [python, "-m", WORKER_MODULE, str(spec_path)]
+
+
+def _port(plan: LaunchPlan) -> str:
+    return str(plan.master_port) if plan.master_port else SLURM_PORT_EXPR
+
+
+def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.executable) -> list[str]:
+    """argv that starts all ranks of the worker for `spec_path`. Multi-node commands are meant to run inside a
+    Slurm allocation: their rendezvous address is computed by a shell in the srun job step, not here."""
+    spec = str(spec_path)
+    q = shlex.quote
+    if plan.launcher == "none":
+        return worker_command(spec, python)
+    if plan.launcher == "torchrun" and plan.nodes == 1:
+        # --standalone: a c10d rendezvous on a free local port, so two jobs on one machine never collide.
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                "--nproc_per_node", str(plan.nproc_per_node), "-m", WORKER_MODULE, spec]
+    if plan.launcher == "torchrun":
+        script = (
+            "set -euo pipefail; "
+            f"{FIRST_HOST}; "
+            f"MASTER_PORT={_port(plan)}; "
+            f"exec {q(python)} -m torch.distributed.run --nnodes {plan.nodes} "
+            f"--nproc_per_node {plan.nproc_per_node} "
+            '--rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" '
+            f"-m {WORKER_MODULE} {q(spec)}"
+        )
+        return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.nodes}", "--ntasks-per-node=1",
+                "--kill-on-bad-exit=1", "bash", "-c", script]
+    if plan.launcher == "deepspeed" and plan.nodes == 1:
+        port = plan.master_port or find_free_port()
+        return [python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(plan.nproc_per_node),
+                "--master_port", str(port), "--module", WORKER_MODULE, spec]
+    if plan.launcher == "deepspeed":
+        hostfile = spec + ".hostfile"
+        script = (
+            "set -euo pipefail; "
+            f"{FIRST_HOST}; "
+            f"printf '%s slots={plan.nproc_per_node}\\n' $HOSTS > {q(hostfile)}; "
+            f"MASTER_PORT={_port(plan)}; "
+            f"exec {q(python)} -m deepspeed.launcher.runner --hostfile {q(hostfile)} --launcher pdsh "
+            f"--num_nodes {plan.nodes} --num_gpus {plan.nproc_per_node} "
+            '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" '
+            f"--module {WORKER_MODULE} {q(spec)}"
+        )
+        return ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", "bash", "-c", script]
+    # srun: one rank per task; the rendezvous comes from the task's own Slurm environment.
+    script = (
+        "set -euo pipefail; "
+        f"{FIRST_HOST}; "
+        f"MASTER_PORT={_port(plan)}; "
+        "export MASTER_ADDR MASTER_PORT RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
+        f"LOCAL_WORLD_SIZE={plan.nproc_per_node}; "
+        f"exec {q(python)} -m {WORKER_MODULE} {q(spec)}"
+    )
+    return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.world_size}",
+            f"--ntasks-per-node={plan.nproc_per_node}", "--kill-on-bad-exit=1", "bash", "-c", script]
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torch_extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops are cached: $TORCH_EXTENSIONS_DIR, else .cache/torch_extensions in the working
+    directory (the project root under Snakemake), so that the ~45 s build happens once per checkout."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.cwd() / ".cache" / "torch_extensions").resolve()
+
+
+def rank_environment(plan: LaunchPlan, threads: int | None, on_gpu: bool) -> dict:
+    """Environment variables for the rank processes (added to the current environment)."""
+    env = {"TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()), "PYTHONUNBUFFERED": "1"}
+    if not on_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+        # Ranks on one machine share its cores: one rank per core pair, not every rank on all cores.
+        env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // plan.nproc_per_node))
+    return env
+
+
+def launch_environment(plan: LaunchPlan, threads: int | None, on_gpu: bool, deepspeed: bool) -> dict:
+    """Everything the ranks need in their environment; a lone DeepSpeed rank also gets its rendezvous."""
+    env = rank_environment(plan, threads, on_gpu)
+    if plan.launcher == "none" and deepspeed:
+        env.update(single_process_environment())
+    return env
+
+
+def single_process_environment() -> dict:
+    """What torch.distributed needs to run DeepSpeed as the only rank of this process."""
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(find_free_port())}
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere). Called in rank processes and in the
+    launcher child, so that killing the job kills every rank."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_command(cmd: list[str], env: dict, log=print) -> int:
+    """Run `cmd` with `env` added, copying its output line by line into `log`'s stream; return its exit code."""
+    full_env = {**os.environ, **env}
+    with subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", bufsize=1, preexec_fn=die_with_parent) as proc:
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+        except BaseException:
+            proc.kill()
+            raise
+        return proc.wait()
+
+
+def run_epoch_job(base_model_dir: str | Path, shard_paths: list, prev_epoch_dir: str | Path | None,
+                  out_dir: str | Path, epoch: int, train_cfg: dict, seed: int, compute: dict | None = None,
+                  threads: int | None = None, resources: dict | None = None, log=print) -> dict:
+    """Train epoch `epoch` as the config's launcher says; return the epoch's metrics."""
+    import torch
+
+    from agenttune.train import train_epoch, write_job_spec
+
+    plan = plan_launch(train_cfg, resources)
+    on_gpu = torch.cuda.is_available()
+    out_dir = Path(out_dir)
+    log(f"launch: {plan.launcher}, {plan.nodes} node(s) × {plan.nproc_per_node} process(es), "
+        f"world size {plan.world_size}" + (", DeepSpeed ZeRO-3" if train_cfg.get("deepspeed") else ""))
+    env = launch_environment(plan, threads, on_gpu, bool(train_cfg.get("deepspeed")))
+    if plan.launcher == "none":
+        for key, value in env.items():
+            os.environ.setdefault(key, value)
+        return train_epoch(base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, train_cfg, seed,
+                           compute=compute, log=log)
+
+    spec = out_dir.resolve().with_name(out_dir.name + ".launch.json")  # absolute: ranks may start elsewhere
+    write_job_spec(spec, base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, train_cfg, seed, compute)
+    cmd = launch_command(plan, spec)
+    log("command: " + shlex.join(cmd))
+    rc = run_command(cmd, env, log)
+    if rc != 0:
+        raise RuntimeError(f"training epoch {epoch}: the {plan.launcher} launcher exited with {rc} "
+                           "(the ranks' output is above)")
+    metrics_path = out_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise RuntimeError(f"training epoch {epoch}: the launcher exited 0 but {metrics_path} was not written")
+    spec.unlink(missing_ok=True)
+    Path(str(spec) + ".hostfile").unlink(missing_ok=True)
+    metrics = json.loads(metrics_path.read_text())
+    log(f"epoch {epoch} done on {plan.world_size} rank(s): {metrics['tokens_per_s']:.1f} tokens/s, wrote {out_dir}")
+    return metrics

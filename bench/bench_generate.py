@@ -1,0 +1,193 @@
+"""Generation and scoring throughput: batched vs one-by-one greedy generation on the evaluation workload, and
+scoring speed. Ratios are measured in one run, against baselines from the same run.
+
+Usage:
+    .venv/bin/python bench/bench_generate.py [--model results/models/smollm2-135m-instruct] [--items 16]
+        [--max-new-tokens 40] [--batch-size 8] [--threads 2] [--repeat 2] [--json out.json]
+
+Workload: the held-out evaluation prompts of the demo data (ReAct prompts with tool lists, ~250-1000 tokens, the
+default pipeline's shape): demo traces are generated, rendered with the react template and cut into evaluation
+items exactly as the pipeline does. Each configuration decodes the same items greedily:
+  - hf one-by-one: transformers `generate()`, one prompt at a time (the conventional loop; the baseline);
+  - exact one-by-one: this project's engine with batch size 1;
+  - exact batched: the engine with --batch-size (continuous batching over a left-padded KV cache);
+  - hf batched: `generate()` with left padding and --batch-size, for reference.
+Tokens/s counts generated tokens over wall time (prefill included). For the exact engine the decode phase is also
+timed alone (generated tokens / time in decode steps): prefill is compute-bound and is the same work batched or not,
+so the end-to-end ratio is bounded by the prompt/answer length ratio, while the decode ratio shows what batching
+itself buys. Outputs of exact batched and exact one-by-one must be identical (checked; the run fails otherwise).
+The configurations run interleaved, --repeat times; the best time of each is kept (the machine is shared).
+
+Scoring: `score_predictions` over synthetic predictions (ROUGE-L and BLEU) and BFCL AST checks, in items/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
+    from agenttune.benchmarks import items_from_sample, select
+    from agenttune.data import render_trace
+    from agenttune.demo.generator import generate_traces
+    from agenttune.render import get_template
+
+    traces = generate_traces(200, seed)
+    items = []
+    for k, trace in enumerate(traces):
+        sample = render_trace(trace, "react", "react_list" if k % 3 else "json_schema")
+        items.extend(items_from_sample(sample, "bench", "demo"))
+    items = select(items, n_items, seed)
+    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
+               for it in items]
+    return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
+
+
+def bench_generation(args) -> dict:
+    import torch
+
+    from agenttune.generate import generate, load_for_generation
+
+    torch.set_num_threads(args.threads)
+    exact_model, tokenizer = load_for_generation(args.model, engine="exact", log=lambda _m: None)
+    hf_model, _ = load_for_generation(args.model, engine="hf", log=lambda _m: None)
+    prompts, stops = eval_prompts(tokenizer, args.items)
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    configs = {
+        "hf one-by-one": (hf_model, "hf", 1),
+        "exact one-by-one": (exact_model, "exact", 1),
+        "exact batched": (exact_model, "exact", args.batch_size),
+        "hf batched": (hf_model, "hf", args.batch_size),
+    }
+    best: dict[str, dict] = {}
+    outputs: dict[str, list] = {}
+    for rep in range(args.repeat):
+        for name, (model, engine, bs) in configs.items():
+            stats: dict = {}
+            start = time.perf_counter()
+            out = generate(model, tokenizer, prompts, args.max_new_tokens, stops, bs, log=lambda _m: None,
+                           engine=engine, stats=stats)
+            wall = time.perf_counter() - start
+            tokens = sum(g.tokens for g in out)
+            if name in outputs and outputs[name] != out:
+                raise SystemExit(f"{name}: outputs changed between repeats")
+            outputs[name] = out
+            if name not in best or wall < best[name]["wall_s"]:
+                best[name] = {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+                              "batch_size": bs, **({k: v for k, v in stats.items()} if engine == "exact" else {})}
+            print(f"[rep {rep}] {name}: {tokens} tokens in {wall:.1f} s ({tokens / wall:.2f} tokens/s)", flush=True)
+    identical = outputs["exact batched"] == outputs["exact one-by-one"]
+    if not identical:
+        diff = [i for i, (a, b) in enumerate(zip(outputs["exact batched"], outputs["exact one-by-one"])) if a != b]
+        raise SystemExit(f"exact batched differs from exact one-by-one on items {diff}")
+    base = best["hf one-by-one"]["tokens_per_s"]
+    for row in best.values():
+        row["ratio_vs_hf_one_by_one"] = row["tokens_per_s"] / base
+        if "decode_s" in row and row["decode_s"]:
+            row["decode_tokens_per_s"] = row["decode_tokens"] / row["decode_s"]
+    eb, e1 = best["exact batched"], best["exact one-by-one"]
+    return {
+        "model": str(args.model), "threads": args.threads, "items": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "prompt_tokens": {"total": sum(prompt_tokens), "min": min(prompt_tokens), "max": max(prompt_tokens)},
+        "configs": best,
+        "exact_batched_identical_to_one_by_one": identical,
+        "hf_one_by_one_identical_to_exact": outputs["hf one-by-one"] == outputs["exact one-by-one"],
+        "hf_batched_identical_to_hf_one_by_one": outputs["hf batched"] == outputs["hf one-by-one"],
+        "end_to_end_ratio_batched_vs_hf_one_by_one": eb["tokens_per_s"] / base,
+        "end_to_end_ratio_batched_vs_exact_one_by_one": eb["tokens_per_s"] / e1["tokens_per_s"],
+        "decode_ratio_batched_vs_exact_one_by_one": eb["decode_tokens_per_s"] / e1["decode_tokens_per_s"],
+        "prefill_share_of_exact_one_by_one": e1["prefill_s"] / e1["wall_s"],
+        "generation_items_per_s_batched": len(prompts) / eb["wall_s"],
+    }
+
+
+def bench_scoring(n: int) -> dict:
+    from agenttune.evaluate import score_predictions
+
+    rng = random.Random(0)
+    names = ["get_weather", "calculator", "web_search", "send_email", "stock_quote"]
+    rows = []
+    for k in range(n):
+        name = rng.choice(names)
+        args = {"city": rng.choice(["Oslo", "Paris", "Lima"]), "unit": rng.choice(["celsius", "fahrenheit"])}
+        guess = dict(args, city=rng.choice(["Oslo", "Paris", "Lima"]))
+        kind = "no_tool" if k % 5 == 0 else "tool"
+        output = rng.choice([
+            f"Thought: ok\nAction: {rng.choice(names)}\nAction Input: {json.dumps(guess)}",
+            "Thought: I can answer.\nFinal Answer: It is sunny.",
+            "Action: get_weather\nAction Input: {\"city\": ",
+        ])
+        row = {"id": f"i{k}", "template": "react", "tool_format": "react_list", "source": "bench", "kind": kind,
+               "task": name, "expected": None if kind == "no_tool" else {"name": name, "arguments": args},
+               "reference": "", "output": output}
+        if k % 4 == 1 and kind == "tool":
+            row["bfcl"] = {"category": "simple", "ground_truth": [{name: {key: [v] for key, v in args.items()}}],
+                           "functions": [{"name": name, "parameters": {"type": "dict", "properties": {
+                               "city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]}}]}
+        rows.append(row)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        score_predictions(path, 0.5, "rougeL")  # warm-up: imports and scorer construction
+        for fuzzy in ("rougeL", "bleu"):
+            start = time.perf_counter()
+            score_predictions(path, 0.5, fuzzy)
+            wall = time.perf_counter() - start
+            out[fuzzy] = {"items": n, "wall_s": wall, "items_per_s": n / wall}
+            print(f"scoring ({fuzzy}): {n} items in {wall:.2f} s ({n / wall:.0f} items/s)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(REPO / "results" / "models" / "smollm2-135m-instruct"))
+    ap.add_argument("--items", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--score-items", type=int, default=2000)
+    ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if not args.skip_generation and not Path(args.model).is_dir():
+        raise SystemExit(f"{args.model} is not a model folder: run the pipeline's prepare_base_model rule first "
+                         "(snakemake --cores 2 results/models/smollm2-135m-instruct)")
+    load_before = os.getloadavg()
+    result = {"load_average_before": load_before}
+    if not args.skip_generation:
+        result["generation"] = bench_generation(args)
+    result["scoring"] = bench_scoring(args.score_items)
+    result["load_average_after"] = os.getloadavg()
+    if "generation" in result:
+        g = result["generation"]
+        result["scoring_vs_generation_items_per_s"] = (result["scoring"]["rougeL"]["items_per_s"]
+                                                       / g["generation_items_per_s_batched"])
+        print("\n| configuration | batch | generated tokens | wall s | tokens/s | vs hf one-by-one | decode tokens/s |")
+        print("|---|---|---|---|---|---|---|")
+        for name, row in g["configs"].items():
+            dec = f"{row['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in row else "–"
+            print(f"| {name} | {row['batch_size']} | {row['tokens']} | {row['wall_s']:.1f} | {row['tokens_per_s']:.2f} | "
+                  f"{row['ratio_vs_hf_one_by_one']:.2f}x | {dec} |")
+        print(f"\nexact batched identical to exact one-by-one: {g['exact_batched_identical_to_one_by_one']}; "
+              f"hf batched identical to hf one-by-one: {g['hf_batched_identical_to_hf_one_by_one']}; "
+              f"decode ratio batched/one-by-one: {g['decode_ratio_batched_vs_exact_one_by_one']:.2f}x; "
+              f"prefill share of one-by-one time: {g['prefill_share_of_exact_one_by_one']:.2f}")
+    print(f"load average before {load_before}, after {result['load_average_after']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

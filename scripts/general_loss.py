@@ -1,0 +1,7 @@
+from agenttune.evaluate import general_loss
+from agenttune.manifest import write_json_atomic
+from agenttune.runlog import stage_log
+
+with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
+    result = general_loss(snakemake.input.model, snakemake.input.general_items, snakemake.params.precision, log=log)
+    write_json_atomic(snakemake.output[0], result)

@@ -1,0 +1,125 @@
+"""Generation: batched outputs are identical to one-by-one outputs (tokens, text, finish reason), stop strings and
+eos end a row, and the two fixes behind the identity (row-wise attention, row-count-invariant matmuls) hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agenttune.generate import (
+    Generation,
+    gemm_invariant_rows,
+    generate,
+    load_for_generation,
+    truncate_at_stop,
+)
+
+
+def chat_prompts(tokenizer, n: int) -> list[str]:
+    """Chat-formatted prompts of clearly different lengths (left padding must matter)."""
+    prompts = []
+    for k in range(n):
+        question = " ".join(["Please tell me about the weather in Oslo and Bergen."] * (1 + 3 * (k % 4)))
+        msgs = [{"role": "system", "content": f"You are assistant number {k}."},
+                {"role": "user", "content": f"{question} Request {k}."}]
+        prompts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def lively_model_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama with large weights: unlike the usual test model (which settles on one token) it writes
+    varied text, so stop strings hit at different steps and small numeric differences would change tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.35,
+                         tie_word_embeddings=True, bos_token_id=smol_tokenizer.bos_token_id,
+                         eos_token_id=smol_tokenizer.eos_token_id, pad_token_id=smol_tokenizer.pad_token_id)
+    torch.manual_seed(3)
+    out = tmp_path_factory.mktemp("models") / "lively"
+    LlamaForCausalLM(config).save_pretrained(out)
+    smol_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(lively_model_dir):
+    # One thread: a tiny model gains nothing from two, and a busy machine makes two much slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_for_generation(lively_model_dir, log=lambda _m: None)
+    torch.set_num_threads(threads)
+
+
+def test_batched_equals_one_by_one_exactly(tiny):
+    model, tokenizer = tiny
+    prompts = chat_prompts(tokenizer, 6)
+    single = generate(model, tokenizer, prompts, 20, (), 1, log=lambda _m: None)
+    # Per-prompt stop strings taken from what each prompt generates alone, so rows stop at different steps and
+    # waiting prompts join the batch mid-decode (continuous batching) — the hardest case for equality.
+    stops = []
+    for k, g in enumerate(single):
+        text = g.text
+        stops.append((text[len(text) // 2: len(text) // 2 + 3],) if k % 2 and len(text.strip()) > 6 else ())
+    reference = generate(model, tokenizer, prompts, 20, stops, 1, log=lambda _m: None)
+    assert any(g.finish_reason == "stop" for g in reference), [g.finish_reason for g in reference]
+    assert len({g.tokens for g in reference}) > 1, "rows should finish at different steps"
+    for batch_size in (3, 8):
+        batched = generate(model, tokenizer, prompts, 20, stops, batch_size, log=lambda _m: None)
+        assert batched == reference, f"batch_size {batch_size}"
+
+
+def test_rowwise_forward_is_bitwise_equal_to_each_row_alone(tiny):
+    """The mechanism: last-token logits of a left-padded batch equal those of each prompt run alone, bit for bit."""
+    from transformers import DynamicCache
+
+    model, tokenizer = tiny
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chat_prompts(tokenizer, 3)]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    positions = torch.tensor([[0] * (width - len(r)) + list(range(len(r))) for r in rows])
+    with torch.no_grad():
+        batch = model(input_ids=ids, position_ids=positions, logits_to_keep=1,
+                      pad_starts=[width - len(r) for r in rows], past_key_values=DynamicCache(config=model.config))
+        for b, r in enumerate(rows):
+            alone = model(input_ids=torch.tensor([r]), logits_to_keep=1, pad_starts=[0],
+                          past_key_values=DynamicCache(config=model.config))
+            assert torch.equal(batch.logits[b, -1], alone.logits[0, -1]), f"row {b}"
+
+
+def test_linear_layers_never_run_on_fewer_rows_than_the_invariant_count(tiny):
+    model, _ = tiny
+    lin = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    rows = gemm_invariant_rows(lin.in_features, lin.out_features)
+    assert rows is not None and rows >= 1
+    x = torch.randn(9, lin.in_features)
+    with torch.no_grad():
+        full = lin(x)
+        for k in range(9):
+            assert torch.equal(lin(x[k:k + 1]), full[k:k + 1]), f"row {k} alone differs from the batch"
+
+
+def test_eos_max_new_tokens_and_stop_strings(tiny):
+    model, tokenizer = tiny
+    (prompt,) = chat_prompts(tokenizer, 1)
+    (g,) = generate(model, tokenizer, [prompt], 5, (), 1, log=lambda _m: None)
+    assert g.tokens == 5 and g.finish_reason == "length"
+    (longer,) = generate(model, tokenizer, [prompt], 12, (), 1, log=lambda _m: None)
+    assert longer.text.startswith(g.text)
+    stop = longer.text[3:6]
+    (cut,) = generate(model, tokenizer, [prompt], 12, (stop,), 1, log=lambda _m: None)
+    assert cut.finish_reason == "stop" and stop not in cut.text and longer.text.startswith(cut.text)
+
+
+def test_truncate_at_stop_takes_the_earliest():
+    assert truncate_at_stop("a Observation: b <tool_response> c", ("<tool_response>", "Observation:")) == ("a ", True)
+    assert truncate_at_stop("nothing here", ("Observation:",)) == ("nothing here", False)
+
+
+def test_transformers_engine_gives_the_same_number_of_results(lively_model_dir):
+    model, tokenizer = load_for_generation(lively_model_dir, engine="hf", log=lambda _m: None)
+    prompts = chat_prompts(tokenizer, 3)
+    out = generate(model, tokenizer, prompts, 6, [(), ("zz",), ()], 2, log=lambda _m: None)
+    assert len(out) == 3 and all(isinstance(g, Generation) and 1 <= g.tokens <= 6 for g in out)
