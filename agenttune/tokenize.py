@@ -162,7 +162,8 @@ def _prefix_spans(render, messages: list[dict], flags: list[bool], full: str, eo
     return spans
 
 
-def encode_sample_reference(tokenizer, sample: dict, max_len: int, overlong: str = "drop") -> tuple[list[int], list[int]]:
+def encode_sample_reference(tokenizer, sample: dict, max_len: int,
+                            overlong: str = "drop") -> tuple[list[int], list[int]]:
     """The slow reference path with a transformers tokenizer: O(turns^2) template renders, whole-text offsets.
     Raises SampleDropped."""
     messages = chat_messages(sample)
@@ -228,7 +229,8 @@ def _chat_template_text(folder: Path, config: dict) -> str:
     if isinstance(template, list):  # named templates: the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     if not isinstance(template, str):
-        raise ValueError(f"tokenizer folder {folder} has no chat template (chat_template.jinja or tokenizer_config.json)")
+        raise ValueError(f"tokenizer folder {folder} has no chat template "
+                         "(chat_template.jinja or tokenizer_config.json)")
     return template
 
 

@@ -46,9 +46,9 @@ rule predict:
         "../envs/eval.yaml"
     threads: 2
     params:
-        # batch_size is left out: outputs do not depend on it (agenttune.generate), so changing it re-runs nothing.
+        # evaluate.batch_size is not a param (the script reads it from the config): outputs do not depend on it
+        # (agenttune.generate), so changing it must re-run nothing.
         generation=GENERATION,
-        batch_size=EVAL["batch_size"],
         seed=config["seed"],
     script:
         "../scripts/predict.py"

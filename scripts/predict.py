@@ -3,7 +3,8 @@ from agenttune.manifest import write_manifest
 from agenttune.runlog import stage_log
 
 with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
-    cfg = {**snakemake.params.generation, "batch_size": snakemake.params.batch_size}
+    # batch_size from the config, not params: it does not change outputs, so it must not trigger a re-run.
+    cfg = {**snakemake.params.generation, "batch_size": snakemake.config["evaluate"]["batch_size"]}
     stats = predict(snakemake.input.model, snakemake.input.benchmark_items, snakemake.output.predictions, cfg,
                     snakemake.params.seed, log=log)
     # Provenance for the report: sha256 of the model folder and the items. No times: identical runs, identical files.

@@ -179,4 +179,10 @@ def test_pipeline_report_with_every_evaluation_input(tmp_path):
     table = (dry.stdout + dry.stderr).split("Job stats:", 1)[1].split("Reasons:", 1)[0]
     planned = {line.split()[0] for line in table.splitlines()[3:] if line.strip() and line.split()[-1].isdigit()}
     assert planned - {"total", "all"} == {"score", "report"}, table
+    # Outputs do not depend on the batch size, so changing it re-runs nothing.
+    new_batch = tmp_path / "batch.yaml"
+    new_batch.write_text("evaluate:\n  batch_size: 3\n")
+    dry = subprocess.run([SNAKEMAKE, "-n", *configs, str(new_batch), "--config", f"run={run}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
     shutil.rmtree(out, ignore_errors=True)
