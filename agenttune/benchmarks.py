@@ -32,6 +32,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from agenttune.atomic import read_jsonl, write_jsonl
+
 BENCHMARKS = ("heldout", "val", "bfcl")
 BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 _LABEL = re.compile(r"^\s*(?:question|user|human)\s*:\s*", re.I)
@@ -285,17 +287,8 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
 
 
 def write_items(path, items: list[dict]) -> None:
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for item in items:
-            fh.write(json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, items)
 
 
 def read_items(path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_jsonl(path)

@@ -29,6 +29,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from agenttune.atomic import write_jsonl
+
 STATUSES = ("pending", "accepted", "edited", "rejected")
 
 
@@ -299,10 +301,4 @@ def generate_candidates(endpoint: Endpoint, tool_sets: list[list[dict]], n: int,
 
 
 def write_candidates(path: str | Path, rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, rows)

@@ -283,18 +283,32 @@ class FlopCount:
 
 
 def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_MAX_LEN,
-                   grad_checkpointing: bool = False) -> FlopCount:
+                   grad_checkpointing: bool = False, trainable_layers: int | None = None) -> FlopCount:
     """FLOPs to train on `tokens` tokens arranged in rows of `seq_len` (an int, a list of row lengths
     or a {length: rows} histogram; only its shape matters, it is rescaled to `tokens`).
 
+    Full tuning (trainable_layers None):
     dense     = 6 · N_compute · T
     attention = 3 · (2 matmuls · 2 FLOP/MAC · heads·head_dim · k̄) · layers · T,  k̄ = mean keys per token
     recompute = (2 · N_decoder · T + attention / 3)  when checkpointing, else 0
+
+    Freeze tuning (the top `trainable_layers` decoder layers train, everything else is frozen): the forward pass
+    is the same; the backward pass runs only down to the lowest trainable layer: weight and input gradients
+    (2 × forward) in the trainable layers, the input gradient only (1 × forward) through the frozen lm_head, and
+    nothing below. So dense = 2·N_compute·T + 4·k·N_layer·T + 2·N_lm_head·T, the attention backward and the
+    recompute cover k of the layers.
     """
-    dense = 6 * shape.compute_params * tokens
     attention_forward = 4 * shape.q_dim * mean_keys_per_token(seq_len) * shape.layers * tokens
-    recompute = 2 * shape.decoder_params * tokens + attention_forward if grad_checkpointing else 0.0
-    return FlopCount(dense=dense, attention=3 * attention_forward, recompute=recompute)
+    if trainable_layers is None or trainable_layers >= shape.layers:
+        dense = 6 * shape.compute_params * tokens
+        recompute = 2 * shape.decoder_params * tokens + attention_forward if grad_checkpointing else 0.0
+        return FlopCount(dense=dense, attention=3 * attention_forward, recompute=recompute)
+    k = max(0, int(trainable_layers))
+    share = k / shape.layers
+    lm_head = shape.vocab * shape.hidden
+    dense = 2 * shape.compute_params * tokens + (4 * k * shape.layer_params + 2 * lm_head) * tokens
+    recompute = (2 * k * shape.layer_params * tokens + share * attention_forward) if grad_checkpointing else 0.0
+    return FlopCount(dense=dense, attention=(1 + 2 * share) * attention_forward, recompute=recompute)
 
 
 @dataclass(frozen=True)
@@ -320,19 +334,20 @@ class TimeEstimate:
 
 def estimate_time(shape: ModelShape, tokens: float, n_gpus: int, gpu: str | GPU, mfu: float = DEFAULT_MFU,
                   seq_len: SeqLens = DEFAULT_MAX_LEN, grad_checkpointing: bool = False,
-                  epochs: float = 1) -> TimeEstimate:
+                  epochs: float = 1, trainable_layers: int | None = None) -> TimeEstimate:
     """time per epoch = training_flops(tokens per epoch) / (n_gpus · peak · mfu)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
-    flops = training_flops(shape, tokens, seq_len, grad_checkpointing).total
+    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers).total
     return TimeEstimate(flops, n_gpus, get_gpu(gpu), mfu, epochs)
 
 
 def implied_mfu(shape: ModelShape, tokens: float, hours: float, n_gpus: int, gpu: str | GPU,
-                seq_len: SeqLens = DEFAULT_MAX_LEN, grad_checkpointing: bool = False) -> float:
+                seq_len: SeqLens = DEFAULT_MAX_LEN, grad_checkpointing: bool = False,
+                trainable_layers: int | None = None) -> float:
     """The MFU at which `tokens` take `hours` on `n_gpus`: the inverse of `estimate_time`. The training
     job should record this (with its own checkpointing flag) as `mfu` in metrics.json."""
-    flops = training_flops(shape, tokens, seq_len, grad_checkpointing).total
+    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers).total
     return flops / (hours * 3600 * n_gpus * get_gpu(gpu).peak_flops)
 
 
@@ -476,6 +491,7 @@ class Plan:
     node_memory_bytes: int = DEFAULT_NODE_MEMORY_BYTES
     micro_batch: int = 1
     flash_attn: bool = True
+    trainable_layers: int | None = None  # freeze tuning: the top k layers train (time only; memory assumes full)
 
     @property
     def lengths(self) -> dict[int, int]:
@@ -488,7 +504,7 @@ class Plan:
 
     def time(self) -> TimeEstimate:
         return estimate_time(self.shape, self.tokens, self.n_gpus, self.gpu, self.mfu, self.lengths,
-                             self.grad_checkpointing, self.epochs)
+                             self.grad_checkpointing, self.epochs, self.trainable_layers)
 
     def hardware(self) -> str:
         per_node = self.n_gpus // self.n_nodes
@@ -499,6 +515,8 @@ class Plan:
         opts = [name for flag, name in ((self.grad_checkpointing, "gradient checkpointing"),
                                         (self.offload_optimizer, "optimizer offload"),
                                         (self.offload_params, "parameter offload")) if flag]
+        if self.trainable_layers is not None:
+            opts.append(f"freeze tuning (top {self.trainable_layers} layers; memory counted as full tuning)")
         return " + ".join(opts) or "no checkpointing or offload"
 
 
@@ -694,6 +712,7 @@ def plan_rows(verdict: Verdict) -> list[dict]:
         p = v.plan
         rows.append({"config": label, "model": p.shape.name, "params": p.shape.params, "gpus": p.n_gpus,
                      "nodes": p.n_nodes, "gpu": p.gpu.name, "max_len": p.max_len,
+                     "trainable_layers": "all" if p.trainable_layers is None else p.trainable_layers,
                      "checkpointing": p.grad_checkpointing, "offload_optimizer": p.offload_optimizer,
                      "offload_params": p.offload_params, "mfu": p.mfu, "mfu_source": p.mfu_source,
                      "tflops_per_epoch": round(v.time.flops_per_epoch / 1e12),
@@ -803,7 +822,8 @@ if __name__ == "__main__":
 
 def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int, max_len: int,
                  grad_checkpointing: bool = False, offload_optimizer: bool = False,
-                 offload_params: bool = False, model_name: str | None = None) -> Plan:
+                 offload_params: bool = False, model_name: str | None = None,
+                 trainable_layers: int | None = None) -> Plan:
     """The Plan of one pipeline run: model shape from its config.json, tokens per epoch from the shards manifest,
     devices and limits from the run config's `compute` section, MFU measured (a metrics.json) when given."""
     shape = ModelShape.from_hf_config(model_config, name=model_name)
@@ -816,7 +836,8 @@ def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int,
     plan = Plan(shape, gpu, n_gpus, nodes, epochs, tokens, max_len, manifest.get("row_lengths") or None,
                 grad_checkpointing, offload_optimizer or offload_params, offload_params,
                 time_limit_hours=compute.get("time_limit_hours"),
-                node_memory_bytes=int(compute.get("node_memory_gib", DEFAULT_NODE_MEMORY_BYTES / GiB) * GiB))
+                node_memory_bytes=int(compute.get("node_memory_gib", DEFAULT_NODE_MEMORY_BYTES / GiB) * GiB),
+                trainable_layers=trainable_layers)
     if compute.get("mfu_metrics"):
         mfu, source = read_measured_mfu(compute["mfu_metrics"], shape, plan.lengths, grad_checkpointing)
         return replace(plan, mfu=mfu, mfu_source=source)

@@ -44,10 +44,10 @@ from agenttune.decontam import KeySet, NgramOverlap, exact_key, normal_key, quer
 from agenttune.render import TEMPLATES, get_template, passthrough, tool_call
 from agenttune.render.common import turns
 from agenttune.render.negatives import ToolListIndex, TopK, mined_trace
+from agenttune.sources import ROLES, FormatError, source_roles  # noqa: F401 (source_roles: re-exported)
 from agenttune.traces.canonical import TraceError, validate_trace
 
 SPLITS = ("train", "val", "test")
-ROLES = ("traces", "general", "negatives")
 NEGATIVE_KINDS = ("user", "no_tool", "mined")
 CATEGORIES = ("positive", "no_tool", "fixed", "user", "general")
 DROPPED = 1 << 5
@@ -66,24 +66,6 @@ DEFAULTS = {
         "mix": {"eta": 1.0},
     },
 }
-
-
-class FormatError(ValueError):
-    """Bad input to the data stage, naming file, line, trace id and what is wrong."""
-
-
-def source_roles(sources: list[dict]) -> dict[str, str]:
-    """Source name -> role for the configured sources; a name used twice or an unknown role is an error (the
-    demo traces are source "demo"; a source's role decides what its traces become)."""
-    roles: dict[str, str] = {}
-    for i, source in enumerate(sources):
-        name, role = source["name"], source.get("role", "traces")
-        if name in roles:
-            raise FormatError(f"data.sources[{i}]: source name '{name}' is used twice (the demo traces are 'demo')")
-        if role not in ROLES:
-            raise FormatError(f"data.sources[{i}] ('{name}'): unknown role {role!r} (known: {', '.join(ROLES)})")
-        roles[name] = role
-    return roles
 
 
 def resolve_config(cfg: dict) -> dict:

@@ -21,11 +21,12 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
+
+from agenttune.atomic import write_text
 
 RUBRIC = (
     ("5", "fully correct: the right tool call (or answer), complete and usable as is"),
@@ -93,11 +94,7 @@ def export_sheet(items_path, predictions: dict[str, str], n_items: int, seed: in
 
 
 def _write_atomic(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def read_sheet(path, key: dict) -> dict[str, int]:

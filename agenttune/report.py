@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+from agenttune.atomic import read_jsonl, write_text
+
 SLICE_TITLES = {"template": "prompt template", "tool_format": "tool-description format", "source": "source",
                 "task": "task", "kind": "item kind"}
 
@@ -220,10 +222,6 @@ def _summary_row(model: str, s: dict, general: dict | None, loss) -> list[str]:
             _fmt(g.get("perplexity"), 2), _fmt(loss, 4)]
 
 
-def _read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _short(text: str, limit: int = 240) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[:limit] + " …"
@@ -255,12 +253,40 @@ def _examples(models: list[str], preds: dict, scores: dict, items: dict, n: int)
     return picks[:n]
 
 
+COST_COLUMNS = (("config", "config"), ("gpus", "GPUs"), ("nodes", "nodes"), ("gpu", "device"), ("max_len", "max_len"),
+                ("checkpointing", "checkpointing"), ("offload_optimizer", "offload"), ("mfu", "MFU"),
+                ("mfu_source", "MFU from"), ("h_per_epoch", "h/epoch"), ("epochs", "epochs"),
+                ("gpu_hours", "GPU-hours"), ("total_per_gpu_GiB", "GiB/GPU"), ("fits", "fits"))
+
+
+def _cost_section(doc: "Doc", preflight: dict, metrics: dict) -> None:
+    """The preflight's estimate (agenttune.cost) next to what the training epochs measured."""
+    doc.h(2, "Cost and memory")
+    doc.p(f"Preflight, before any training job: {preflight['message']}. Time = training FLOPs (6·N·T plus "
+          "attention at the real sample lengths, plus recompute with checkpointing) / (devices × peak × MFU); "
+          "memory = DeepSpeed's ZeRO-3 model-state estimate + activations at max_len + buffers (docs/cost.md).")
+    rows = preflight.get("rows", [])
+    doc.table([title for _, title in COST_COLUMNS],
+              [[_fmt(r.get(key), 2) if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in COST_COLUMNS]
+               for r in rows])
+    plan = next((r for r in rows if r.get("config") == "plan"), None)
+    measured = [(m, mt) for m, mt in metrics.items() if mt.get("wall_time_s")]
+    if plan and measured:
+        est_s = plan["h_per_epoch"] * 3600
+        doc.table(["epoch", "estimated s", "measured s", "measured / estimated", "measured MFU"],
+                  [[m, _fmt(est_s, 0), _fmt(mt["wall_time_s"], 0), _fmt(mt["wall_time_s"] / est_s, 2),
+                    _fmt(mt.get("mfu"), 3)] for m, mt in measured])
+        doc.p("A measured MFU can replace the default for the next plan: `compute.mfu_metrics: "
+              "<run>/checkpoints/epoch-1/metrics.json`, or `python -m agenttune.cost --metrics` (docs/cost.md).")
+
+
 def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plot_paths: dict,
                  n_examples: int = 3) -> str:
     """`paths`: scores (list per model), predictions {bench: [per model]}, items {bench: items stats json},
     manifests {bench: [per model prediction manifest]}, general (list per model or []), general_items (stats json
     or None), metrics (list per epoch), data_stats, shards, human (summary json or None), human_sheet (sheet
-    stats json or None). `plot_paths`: {"score": svg, "loss": svg} (relative links are made from out_md)."""
+    stats json or None), cost (the preflight verdict json or None). `plot_paths`: {"score": svg, "loss": svg}
+    (relative links are made from out_md)."""
     scores = {m: _load(p) for m, p in zip(models, paths["scores"])}
     epochs = models[1:]
     metrics = {m: _load(p) for m, p in zip(epochs, paths.get("metrics", []))}
@@ -409,10 +435,10 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
     else:
         doc.p("No human ratings in this run.")
 
-    preds_held = {m: {r["id"]: r for r in _read_jsonl(p)} for m, p in zip(models, paths["predictions"]["heldout"])}
+    preds_held = {m: {r["id"]: r for r in read_jsonl(p)} for m, p in zip(models, paths["predictions"]["heldout"])}
     items_held = {}
     if paths.get("items_files", {}).get("heldout"):
-        items_held = {it["id"]: it for it in _read_jsonl(paths["items_files"]["heldout"])}
+        items_held = {it["id"]: it for it in read_jsonl(paths["items_files"]["heldout"])}
     doc.h(2, "Example predictions")
     for item_id, why in _examples(models, preds_held, scores, items_held, n_examples):
         p0 = preds_held[models[0]][item_id]
@@ -455,6 +481,9 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
                     str(mt.get("trained_tokens", "")), _fmt(mt.get("tokens_per_s"), 1), _fmt(mt.get("wall_time_s"), 0),
                     _fmt((mt.get("peak_memory_bytes") or 0) / 2**30, 2)] for m, mt in metrics.items()])
 
+    if paths.get("cost"):
+        _cost_section(doc, _load(paths["cost"]), metrics)
+
     doc.h(2, "Data")
     doc.table(["split", "samples", "tool", "no-tool"],
               [[split, str(c.get("samples", 0)), str(c.get("kind:tool", 0)), str(c.get("kind:no_tool", 0))]
@@ -466,14 +495,6 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
               f"{shards.get('max_len', '?')}.")
 
     text = doc.markdown()
-    _write(out_md, text)
-    _write(out_html, doc.html(f"agenttune report: {run}"))
+    write_text(out_md, text)
+    write_text(out_html, doc.html(f"agenttune report: {run}"))
     return text
-
-
-def _write(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -172,9 +172,11 @@ def _cuda_gpu_name() -> str | None:
 
 
 def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], seconds: float, world_size: int,
-                 compute: dict | None, on_gpu: bool, grad_checkpointing: bool, log=print) -> dict:
+                 compute: dict | None, on_gpu: bool, grad_checkpointing: bool, log=print,
+                 trainable_layers: int | None = None) -> dict:
     """MFU in agenttune.cost's convention: its training_flops (6·N·T over the compute parameters + causal attention
-    + the recomputed forward when checkpointing) over the time × devices × peak FLOP/s of one device.
+    + the recomputed forward when checkpointing; with freeze tuning, the backward pass of the trainable top layers
+    only) over the time × devices × peak FLOP/s of one device.
 
     Devices: the ranks on GPUs (one GPU each); on CPU the ranks share the machine, so `compute.devices` machines.
     Peak: `compute.device_peak_flops`, else the cost module's figure for `compute.device`, else the detected GPU.
@@ -191,12 +193,12 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     peak = compute.get("device_peak_flops") or (GPUS[kind].peak_flops if kind in GPUS and kind != "cpu" else None)
     devices = world_size if on_gpu else max(1, int(compute.get("devices", 1)))
     entry = {"mfu": None, "mfu_convention": "agenttune.cost", "mfu_devices": devices, "device_peak_flops": peak,
-             "mfu_gradient_checkpointing": grad_checkpointing}
+             "mfu_gradient_checkpointing": grad_checkpointing, "mfu_trainable_layers": trainable_layers}
     if kind is None or not peak or not seconds or not row_lengths:
         return entry
     shape = ModelShape.from_hf_config(model_config)
     entry["mfu"] = round(implied_mfu(shape, tokens, seconds / 3600, devices, get_gpu(kind, peak_flops=peak),
-                                     row_lengths, grad_checkpointing), 6)
+                                     row_lengths, grad_checkpointing, trainable_layers), 6)
     return entry
 
 
@@ -355,7 +357,8 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "attn_implementation": attn,
         "gradient_checkpointing": grad_ckpt,
         **measured_mfu(model.config.to_dict(), epoch_tokens, sample_lengths, seconds, world_size, compute, on_gpu,
-                       grad_ckpt, log),
+                       grad_ckpt, log,
+                       cfg["freeze_trainable_layers"] if cfg.get("tuning", "full") == "freeze" else None),
     }
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     _write_epoch_manifest(ckpt, base_model_dir, shard_paths, resume_from, cfg, seed, epoch, world_size)

@@ -2,12 +2,20 @@
 import json
 from pathlib import Path
 
+from agenttune.deps import module_files
+
 RUN = config["run"]
 OUT = f"results/{RUN}"
 MODEL_DIR = f"results/models/{config['model']['name']}"
 EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 EVAL_MODELS = ["base"] + [f"epoch-{e}" for e in EPOCHS]
 SPLITS = ["train", "val", "test"]
+
+
+def library_code(script):
+    """The package modules a rule's script imports, as inputs: an edited module re-runs the rules that run it
+    (Snakemake's `code` trigger sees the script only; agenttune.deps)."""
+    return module_files(script, root=workflow.basedir)
 
 
 wildcard_constraints:
@@ -66,7 +74,11 @@ def previous_epoch(wildcards):
 
 
 def model_folder(wildcards):
-    return MODEL_DIR if wildcards.model == "base" else f"{OUT}/checkpoints/{wildcards.model}"
+    return (
+        MODEL_DIR
+        if wildcards.model == "base"
+        else f"{OUT}/checkpoints/{wildcards.model}"
+    )
 
 
 def shard_files(split, suffix="parquet"):

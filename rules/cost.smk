@@ -9,6 +9,7 @@ rule cost_preflight:
     input:
         manifest=f"{OUT}/shards/manifest.json",
         model=MODEL_DIR,
+        code=library_code("scripts/cost_preflight.py"),
     output:
         verdict=f"{OUT}/cost/preflight.json",
         table=report(
@@ -17,6 +18,10 @@ rule cost_preflight:
             category="Cost",
         ),
         csv=f"{OUT}/cost/cost.csv",
+    log:
+        f"{OUT}/logs/cost_preflight.log",
+    conda:
+        "../envs/data.yaml"
     params:
         compute=config["compute"],
         epochs=config["train"]["epochs"],
@@ -24,9 +29,11 @@ rule cost_preflight:
         grad_checkpointing=config["train"].get("gradient_checkpointing", False),
         deepspeed=config["train"].get("deepspeed") or {},
         model_name=config["model"]["name"],
-    log:
-        f"{OUT}/logs/cost_preflight.log",
-    conda:
-        "../envs/data.yaml"
+        # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cost.training_flops)
+        trainable_layers=(
+            config["train"]["freeze_trainable_layers"]
+            if config["train"].get("tuning", "full") == "freeze"
+            else None
+        ),
     script:
         "../scripts/cost_preflight.py"

@@ -2,6 +2,8 @@
 
 
 rule demo_traces:
+    input:
+        code=library_code("scripts/demo_traces.py"),
     output:
         f"{OUT}/traces/demo.jsonl",
     log:
@@ -18,6 +20,7 @@ rule demo_traces:
 rule ingest:
     input:
         ingest_inputs,
+        code=library_code("scripts/ingest.py"),
     output:
         traces=f"{OUT}/traces/traces.jsonl",
         quarantine=f"{OUT}/traces/quarantine.jsonl",
@@ -36,6 +39,7 @@ rule ingest:
 rule format_samples:
     input:
         unpack(format_inputs),
+        code=library_code("scripts/format_samples.py"),
     output:
         train=f"{OUT}/samples/train.jsonl",
         val=f"{OUT}/samples/val.jsonl",

@@ -16,7 +16,7 @@ wildcard_constraints:
 rule eval_items:
     input:
         unpack(eval_items_inputs),
-        code=["agenttune/benchmarks.py", "agenttune/candidates.py"],
+        code=library_code("scripts/eval_items.py"),
     output:
         benchmark_items=f"{OUT}/eval/items/{{benchmark}}.jsonl",
         stats=f"{OUT}/eval/items/{{benchmark}}.json",
@@ -36,7 +36,7 @@ rule predict:
     input:
         model=model_folder,
         benchmark_items=f"{OUT}/eval/items/heldout.jsonl",
-        code=["agenttune/generate.py", "agenttune/evaluate.py"],
+        code=library_code("scripts/predict.py"),
     output:
         predictions=f"{OUT}/eval/{{model}}/predictions.jsonl",
         manifest=f"{OUT}/eval/{{model}}/predict.json",
@@ -58,7 +58,7 @@ use rule predict as predict_benchmark with:
     input:
         model=model_folder,
         benchmark_items=f"{OUT}/eval/items/{{bench}}.jsonl",
-        code=["agenttune/generate.py", "agenttune/evaluate.py"],
+        code=library_code("scripts/predict.py"),
     output:
         predictions=f"{OUT}/eval/{{model}}/{{bench}}/predictions.jsonl",
         manifest=f"{OUT}/eval/{{model}}/{{bench}}/predict.json",
@@ -73,7 +73,7 @@ rule score:
             f"{OUT}/eval/{{{{model}}}}/{{bench}}/predictions.jsonl",
             bench=EXTRA_BENCHMARKS,
         ),
-        code=["agenttune/score.py", "agenttune/parse.py", "agenttune/evaluate.py"],
+        code=library_code("scripts/score.py"),
     output:
         f"{OUT}/eval/{{model}}/scores.json",
     log:
@@ -91,6 +91,7 @@ rule score:
 rule general_items:
     input:
         unpack(general_items_inputs),
+        code=library_code("scripts/general_items.py"),
     output:
         general_items=f"{OUT}/eval/general/items.jsonl",
         stats=f"{OUT}/eval/general/items.json",
@@ -109,6 +110,7 @@ rule general_loss:
     input:
         model=model_folder,
         general_items=f"{OUT}/eval/general/items.jsonl",
+        code=library_code("scripts/general_loss.py"),
     output:
         f"{OUT}/eval/{{model}}/general.json",
     log:
@@ -128,6 +130,7 @@ rule human_sheet:
         predictions=expand(
             f"{OUT}/eval/{{model}}/predictions.jsonl", model=HUMAN_MODELS
         ),
+        code=library_code("scripts/human_sheet.py"),
     output:
         sheet=f"{OUT}/human/sheet.csv",
         key=f"{OUT}/human/key.json",
@@ -148,6 +151,7 @@ rule human_scores:
     input:
         key=f"{OUT}/human/key.json",
         sheets=list((HUMAN.get("sheets") or {}).values()),
+        code=library_code("scripts/human_scores.py"),
     output:
         f"{OUT}/human/summary.json",
     log:
@@ -165,6 +169,7 @@ rule generate_candidates:
     input:
         traces=f"{OUT}/traces/traces.jsonl",
         train=f"{OUT}/samples/train.jsonl",
+        code=library_code("scripts/generate_candidates.py"),
     output:
         candidates=f"{OUT}/candidates/generated.jsonl",
         stats=f"{OUT}/candidates/generated.json",

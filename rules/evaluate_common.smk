@@ -85,7 +85,8 @@ def report_inputs(wildcards):
         "data_stats": f"{OUT}/samples/stats.json",
         "shards": f"{OUT}/shards/manifest.json",
         "human_sheet": f"{OUT}/human/sheet.json",
-        "code": "agenttune/report.py",
+        "cost": f"{OUT}/cost/preflight.json",
+        "code": library_code("scripts/report.py"),
     }
     if HUMAN.get("sheets"):
         inputs["human"] = f"{OUT}/human/summary.json"

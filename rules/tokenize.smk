@@ -10,6 +10,7 @@ localrules:
 checkpoint plan_shards:
     input:
         samples=expand(f"{OUT}/samples/{{split}}.jsonl", split=SPLITS),
+        code=library_code("scripts/plan_shards.py"),
     output:
         f"{OUT}/shards/plan.json",
     log:
@@ -28,6 +29,7 @@ rule tokenize_shard:
         samples=f"{OUT}/samples/{{split}}.jsonl",
         plan=f"{OUT}/shards/plan.json",
         model=MODEL_DIR,
+        code=library_code("scripts/tokenize_shard.py"),
     output:
         shard=f"{OUT}/shards/{{split}}-{{shard}}.parquet",
         stats=f"{OUT}/shards/{{split}}-{{shard}}.stats.json",
@@ -47,6 +49,7 @@ rule shards_manifest:
         stats=all_shard_stats,
         plan=f"{OUT}/shards/plan.json",
         model=MODEL_DIR,
+        code=library_code("scripts/shards_manifest.py"),
     output:
         f"{OUT}/shards/manifest.json",
     log:

@@ -3,6 +3,8 @@ from agenttune.slurm import train_resources
 
 
 rule prepare_base_model:
+    input:
+        code=library_code("scripts/prepare_base_model.py"),
     output:
         directory(MODEL_DIR),
     log:
@@ -35,6 +37,7 @@ rule train_epoch:
         manifest=f"{OUT}/shards/manifest.json",
         preflight=f"{OUT}/cost/preflight.json",
         previous=previous_epoch,
+        code=library_code("scripts/train_epoch.py"),
     output:
         directory(f"{OUT}/checkpoints/epoch-{{epoch}}"),
     log:

@@ -1,6 +1,7 @@
 import json
 import sys
 
+from agenttune.atomic import write_text
 from agenttune.cost import format_markdown, plan_for_run, run_preflight, write_csv
 from agenttune.manifest import write_json_atomic
 from agenttune.runlog import stage_log
@@ -11,11 +12,11 @@ with stage_log(snakemake.log[0]) as log:
     manifest = json.loads(open(snakemake.input.manifest).read())
     plan = plan_for_run(model_config, manifest, p.compute, p.epochs, p.max_len, p.grad_checkpointing,
                         p.deepspeed.get("offload_optimizer", False), p.deepspeed.get("offload_params", False),
-                        p.model_name)
+                        p.model_name, p.trainable_layers)
     verdict, rows = run_preflight(plan)
     log(verdict.message)
     if not verdict.fits:
         sys.exit(f"preflight refused the run (no training job was submitted):\n{verdict.message}")
-    open(snakemake.output.table, "w").write(verdict.message + "\n\n" + format_markdown(rows))
+    write_text(snakemake.output.table, verdict.message + "\n\n" + format_markdown(rows))
     write_csv(rows, snakemake.output.csv)
     write_json_atomic(snakemake.output.verdict, {"fits": True, "message": verdict.message, "rows": rows})

@@ -1,5 +1,5 @@
 from agenttune.benchmarks import write_items
-from agenttune.evaluate import general_items
+from agenttune.general import general_items
 from agenttune.manifest import stage_manifest, write_json_atomic
 from agenttune.runlog import stage_log
 

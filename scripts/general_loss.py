@@ -1,4 +1,4 @@
-from agenttune.evaluate import general_loss
+from agenttune.general import general_loss
 from agenttune.manifest import write_json_atomic
 from agenttune.runlog import stage_log
 

@@ -1,4 +1,4 @@
-from agenttune.data import source_roles
+from agenttune.sources import source_roles
 from agenttune.manifest import write_manifest
 from agenttune.runlog import stage_log
 from agenttune.traces.ingest import SourceSpec, ingest

@@ -1,4 +1,4 @@
-from agenttune.evaluate import predict
+from agenttune.predict import predict
 from agenttune.manifest import write_manifest
 from agenttune.runlog import stage_log
 

@@ -21,6 +21,7 @@ with stage_log(snakemake.log[0]) as log:
         "shards": inp.shards,
         "human": inp.get("human"),
         "human_sheet": inp.human_sheet,
+        "cost": inp.cost,
     }
     build_report(params.run, models, paths, out.md, out.html, {"score": out.score_plot, "loss": out.loss_plot},
                  params.examples)

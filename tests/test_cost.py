@@ -313,3 +313,24 @@ def test_plan_for_run_rejects_an_empty_manifest():
     with pytest.raises(ValueError, match="no training tokens"):
         plan_for_run(_llama_config(2, 64, 128, 4, 2, 100), {"total_tokens": 0}, {"device": "cpu", "devices": 1,
                      "device_peak_flops": 1e11}, epochs=1, max_len=512)
+
+
+def test_freeze_tuning_flops_by_hand():
+    """Freeze tuning: forward over everything, backward (2x forward) through the k trainable top layers, the
+    input gradient only (1x forward) through the frozen lm_head, nothing below the lowest trainable layer."""
+    shape = ModelShape("toy", layers=4, hidden=8, intermediate=16, heads=2, kv_heads=2, vocab=32, tie_embeddings=True)
+    tokens, k = 1000, 1
+    layer = shape.layer_params
+    assert layer == (8 * 8 * 4) + 3 * 8 * 16 + 2 * 8  # q, k, v, o + gate/up/down + 2 norms = 656
+    lm_head = 32 * 8
+    frozen = training_flops(shape, tokens, seq_len=3, trainable_layers=k)
+    full = training_flops(shape, tokens, seq_len=3)
+    assert frozen.dense == 2 * shape.compute_params * tokens + 4 * k * layer * tokens + 2 * lm_head * tokens
+    # attention: forward in all 4 layers, backward (2x) in 1 of them
+    assert frozen.attention == pytest.approx(full.attention / 3 * (1 + 2 * k / 4))
+    assert frozen.recompute == 0
+    ckpt = training_flops(shape, tokens, seq_len=3, grad_checkpointing=True, trainable_layers=k)
+    assert ckpt.recompute == pytest.approx(2 * k * layer * tokens + full.attention / 3 * k / 4)
+    # all layers trainable is full tuning
+    assert training_flops(shape, tokens, seq_len=3, trainable_layers=4) == full
+    assert frozen.total < full.total

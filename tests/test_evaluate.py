@@ -20,7 +20,8 @@ from agenttune.benchmarks import (
     select,
 )
 from agenttune.candidates import CandidateError, candidate_trace, read_candidates
-from agenttune.evaluate import bfcl_correct, general_items, general_loss, score_predictions
+from agenttune.evaluate import bfcl_correct, score_predictions
+from agenttune.general import general_items, general_loss
 from conftest import shared_data
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city.",

@@ -63,7 +63,11 @@ def fake_run(tmp: Path) -> tuple[list[str], dict]:
     paths["metrics"] = [dump(tmp / "epoch-1" / "metrics.json", {"mean_loss": 1.5, "global_step": 10, "samples": 5,
                                                                  "tokens": 100, "trained_tokens": 40,
                                                                  "tokens_per_s": 9.5, "wall_time_s": 12.0,
-                                                                 "peak_memory_bytes": 2 ** 30})]
+                                                                 "peak_memory_bytes": 2 ** 30, "mfu": 0.04})]
+    paths["cost"] = dump(tmp / "preflight.json", {"fits": True, "message": "fits: tiny on 1 GPU", "rows": [
+        {"config": "plan", "gpus": 1, "nodes": 1, "gpu": "CPU", "max_len": 512, "checkpointing": False,
+         "offload_optimizer": False, "mfu": 0.2, "mfu_source": "default", "h_per_epoch": 0.01, "epochs": 1,
+         "gpu_hours": 0.01, "total_per_gpu_GiB": 1.5, "fits": True}]})
     paths["data_stats"] = dump(tmp / "stats.json", {"splits": {"test": {"samples": 3, "kind:tool": 2, "kind:no_tool": 1}}})
     paths["shards"] = dump(tmp / "shards.json", {"max_len": 512, "splits": {"train": {"rows": 5, "tokens": 100,
                                                                                    "trained_tokens": 40, "dropped": 0}}})
@@ -90,6 +94,10 @@ def test_report_markdown_html_and_plots(tmp_path):
     assert "| json_schema (n=1) |" in md and "| alice / bob | 8 | 0.750 | 1.000 | 0.800 |" in md
     assert "`abababababababab`" in md  # model folder hash in the provenance table
     assert "improved by tuning" in md and "no tool needed" in md
+    # the preflight's estimate next to the measured epoch: 0.01 h = 36 s estimated, 12 s measured
+    assert "## Cost and memory" in md and "Preflight, before any training job: fits: tiny on 1 GPU." in md
+    assert "| plan | 1 | 1 | CPU | 512 | False | False | 0.20 | default | 0.01 | 1 | 0.01 | 1.50 | True |" in md
+    assert "| epoch-1 | 36 | 12 | 0.33 | 0.040 |" in md
     html = (out / "report" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 2 and "<table>" in html
     assert "<code>unit</code>" in html

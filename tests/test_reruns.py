@@ -27,10 +27,24 @@ def smk(*args, run=RUN_A, timeout=1500):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def planned_rules(*config_overrides, run=RUN_A) -> set[str]:
-    """Rules a dry run would execute, from Snakemake's job-stats table."""
-    cmd = [SNAKEMAKE, "-n", "--configfile", TINY, "--config", f"run={run}", *config_overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+def planned_rules(overlay: dict | None = None, run=RUN_A) -> set[str]:
+    """Rules a dry run would execute, from Snakemake's job-stats table; `overlay` is merged over the tiny config (as
+    a second config file: `--config` would read nested values such as 0.75 as strings)."""
+    import tempfile
+
+    import yaml
+
+    configs = [TINY]
+    if overlay:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            yaml.safe_dump(overlay, fh)
+        configs.append(fh.name)
+    cmd = [SNAKEMAKE, "-n", "--configfile", *configs, "--config", f"run={run}"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        if overlay:
+            os.unlink(configs[-1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
@@ -92,19 +106,19 @@ def test_noop_rerun_plans_nothing(two_runs):
 
 @pytest.mark.slow
 def test_lambda_change_rescores_only(two_runs):
-    assert planned_rules("evaluate={'lambda': 0.75}") == {"score", "report"}
+    assert planned_rules({"evaluate": {"lambda": 0.75}}) == {"score", "report"}
 
 
 @pytest.mark.slow
 def test_template_weight_change_reformats_and_below(two_runs):
-    rules = planned_rules("format={'tool_formats': {'react_list': 0.9, 'json_schema': 0.1}}")
+    rules = planned_rules({"format": {"tool_formats": {"react_list": 0.9, "json_schema": 0.1}}})
     assert "format_samples" in rules and "train_epoch" in rules and "report" in rules
-    assert not rules & {"demo_traces", "prepare_base_model"}
+    assert not rules & {"demo_traces", "ingest", "prepare_base_model"}
 
 
 @pytest.mark.slow
 def test_learning_rate_change_retrains_not_reformats(two_runs):
-    rules = planned_rules("train={'learning_rate': 0.002}")
+    rules = planned_rules({"train": {"learning_rate": 0.002}})
     assert {"train_epoch", "predict", "score", "report"} <= rules
     assert not rules & {"demo_traces", "format_samples", "tokenize_shard", "prepare_base_model"}
 
@@ -120,3 +134,65 @@ def test_editing_the_scoring_module_rescores_only(two_runs):
     finally:
         os.utime(module, (stat.st_atime, stat.st_mtime))
     assert planned_rules() == set()
+
+
+@pytest.mark.slow
+def test_editing_a_template_module_reformats_and_below(two_runs):
+    module = REPO / "agenttune" / "render" / "react.py"
+    stat = module.stat()
+    try:
+        later = time.time() + 5
+        os.utime(module, (later, later))
+        rules = planned_rules()
+        # the samples and everything made from them; predictions too (the template's stop strings)
+        assert {"format_samples", "tokenize_shard", "train_epoch", "predict", "score", "report"} <= rules
+        assert not rules & {"demo_traces", "ingest", "prepare_base_model"}
+    finally:
+        os.utime(module, (stat.st_atime, stat.st_mtime))
+    assert planned_rules() == set()
+
+
+RUN_C = "pytest-repro-killed"
+
+
+def _run_and_kill(marker: str, delay: float, timeout: float = 900) -> bool:
+    """Start the tiny pipeline for RUN_C; when `marker` (a glob under its results) appears, wait `delay` seconds and
+    SIGKILL Snakemake and every job below it. True if it was killed, False if it finished first."""
+    import signal
+
+    out = REPO / "results" / RUN_C
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY, "--config", f"run={RUN_C}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if list(out.glob(marker)):
+                time.sleep(delay)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        raise AssertionError(f"{marker} did not appear within {timeout} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_jobs_killed_hard_leave_nothing_a_later_run_trusts(two_runs):
+    """kill -9 during formatting, tokenization, training and evaluation; each re-run picks up where the last one
+    died (the workflow profile re-runs incomplete jobs), and the finished run equals an uninterrupted one."""
+    shutil.rmtree(REPO / "results" / RUN_C, ignore_errors=True)
+    try:
+        for marker, delay in (("logs/format_samples.log", 0.3), ("logs/tokenize_shard/train-*.log", 0.5),
+                              ("logs/train_epoch/epoch-2.log", 2.0), ("logs/predict/epoch-1.log", 1.0)):
+            assert _run_and_kill(marker, delay), f"the run finished before it could be killed at {marker}"
+        proc = smk("--cores", "2", run=RUN_C)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert artefacts(RUN_C) == artefacts(RUN_A)
+        assert planned_rules(run=RUN_C) == set()
+    finally:
+        shutil.rmtree(REPO / "results" / RUN_C, ignore_errors=True)

@@ -20,7 +20,6 @@ the way BFCL does for OpenAI-style models, so renderers can show them as JSON sc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 

@@ -1,0 +1,50 @@
+"""Evaluate stage, generation: a model and a benchmark's items -> predictions (greedy, batched).
+
+Takes: a model folder (the base model or an epoch checkpoint) and a benchmark's items (agenttune.benchmarks).
+Gives `predictions.jsonl`: one line per item: the item's identity and slices, the expected call, the raw output,
+the number of generated tokens and why generation stopped. Scoring is a separate job (agenttune.evaluate), so that
+changing λ or the fuzzy metric re-scores without regenerating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agenttune.atomic import read_jsonl, write_jsonl
+from agenttune.render import get_template
+
+PREDICTION_KEYS = ("id", "benchmark", "origin", "sample_id", "template", "tool_format", "source", "kind", "task",
+                   "expected", "reference", "bfcl", "review")
+
+
+def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path, cfg: dict, seed: int,
+            log=print) -> dict:
+    """Generate for every item (greedy; each item stops at its own template's stop strings); return stats."""
+    import time
+
+    import torch
+
+    from agenttune.generate import generate, load_for_generation
+
+    torch.manual_seed(seed)
+    items = read_jsonl(items_path)
+    log(f"{len(items)} items from {items_path}, model {model_dir}")
+    rows = []
+    stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
+    if items:
+        model, tokenizer = load_for_generation(model_dir, cfg.get("precision", "fp32"), cfg.get("engine", "exact"), log)
+        prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
+                   for it in items]
+        stops = [tuple(get_template(it["template"]).STOP) for it in items]
+        start = time.perf_counter()
+        outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)
+        stats["wall_s"] = round(time.perf_counter() - start, 3)
+        for it, g in zip(items, outs):
+            rows.append({k: it[k] for k in PREDICTION_KEYS if k in it}
+                        | {"output": g.text.strip(), "tokens": g.tokens, "finish": g.finish_reason})
+            stats["generated_tokens"] += g.tokens
+            stats["finish"][g.finish_reason] = stats["finish"].get(g.finish_reason, 0) + 1
+        log(f"{stats['generated_tokens']} tokens in {stats['wall_s']:.1f} s "
+            f"({stats['generated_tokens'] / max(stats['wall_s'], 1e-9):.1f} tokens/s)")
+    write_jsonl(out_path, rows)
+    return stats
