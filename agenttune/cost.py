@@ -716,7 +716,8 @@ def plan_rows(verdict: Verdict) -> list[dict]:
                      "checkpointing": p.grad_checkpointing, "offload_optimizer": p.offload_optimizer,
                      "offload_params": p.offload_params, "mfu": p.mfu, "mfu_source": p.mfu_source,
                      "tflops_per_epoch": round(v.time.flops_per_epoch / 1e12),
-                     "h_per_epoch": round(v.time.hours_per_epoch, 2), "epochs": p.epochs,
+                     "h_per_epoch": round(v.time.hours_per_epoch, 2),
+                     "s_per_epoch": round(v.time.hours_per_epoch * 3600, 1), "epochs": p.epochs,
                      "gpu_hours": round(v.time.gpu_hours, 1),
                      **{f"{k}_GiB": round(x, 2) for k, x in v.memory.breakdown_gib().items()},
                      "fits": v.fits})

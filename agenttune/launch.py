@@ -108,9 +108,28 @@ def _port(plan: LaunchPlan) -> str:
     return str(plan.master_port) if plan.master_port else SLURM_PORT_EXPR
 
 
-def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.executable) -> list[str]:
+def srun_cpus_per_task(gpus_per_task: int, tasks_per_node: int, env=None) -> list[str]:
+    """`--cpus-per-task` for our srun job steps, from the allocation the step runs in: CPUs per GPU × the task's
+    GPUs when the job was given `--cpus-per-gpu` (the slurm profile's GPU rules), else the node's CPUs shared by its
+    tasks. srun does not pass a job's --cpus-per-gpu on to the tasks of a step (and Slurm 22.05-23.02 ignored the
+    job's --cpus-per-task in steps), so without this a task, i.e. a torchrun with all its ranks or a rank with its
+    data loading, may be bound to one CPU. Outside an allocation: nothing."""
+    env = os.environ if env is None else env
+    per_gpu = env.get("SLURM_CPUS_PER_GPU", "")
+    on_node = env.get("SLURM_CPUS_ON_NODE", "")
+    if per_gpu.isdigit() and int(per_gpu) > 0:
+        cpus = int(per_gpu) * max(1, gpus_per_task)
+    elif on_node.isdigit() and int(on_node) > 0:
+        cpus = int(on_node) // max(1, tasks_per_node)
+    else:
+        return []
+    return [f"--cpus-per-task={max(1, cpus)}"]
+
+
+def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.executable, env=None) -> list[str]:
     """argv that starts all ranks of the worker for `spec_path`. Multi-node commands are meant to run inside a
-    Slurm allocation: their rendezvous address is computed by a shell in the srun job step, not here."""
+    Slurm allocation: their rendezvous address is computed by a shell in the srun job step, not here; `env` (default
+    os.environ) is the allocation's environment, for the steps' CPUs."""
     spec = str(spec_path)
     q = shlex.quote
     if plan.launcher == "none":
@@ -130,7 +149,7 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
             f"-m {WORKER_MODULE} {q(spec)}"
         )
         return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.nodes}", "--ntasks-per-node=1",
-                "--kill-on-bad-exit=1", "bash", "-c", script]
+                "--kill-on-bad-exit=1", *srun_cpus_per_task(plan.nproc_per_node, 1, env), "bash", "-c", script]
     if plan.launcher == "deepspeed" and plan.nodes == 1:
         port = plan.master_port or find_free_port()
         return [python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(plan.nproc_per_node),
@@ -147,7 +166,9 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
             '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" '
             f"--module {WORKER_MODULE} {q(spec)}"
         )
-        return ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", "bash", "-c", script]
+        # this step's task is the DeepSpeed launcher; pdsh starts the ranks of the other nodes outside Slurm
+        return ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",
+                *srun_cpus_per_task(plan.nproc_per_node, 1, env), "bash", "-c", script]
     # srun: one rank per task; the rendezvous comes from the task's own Slurm environment.
     script = (
         "set -euo pipefail; "
@@ -158,7 +179,8 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
         f"exec {q(python)} -m {WORKER_MODULE} {q(spec)}"
     )
     return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.world_size}",
-            f"--ntasks-per-node={plan.nproc_per_node}", "--kill-on-bad-exit=1", "bash", "-c", script]
+            f"--ntasks-per-node={plan.nproc_per_node}", "--kill-on-bad-exit=1",
+            *srun_cpus_per_task(1, plan.nproc_per_node, env), "bash", "-c", script]
 
 
 def find_free_port() -> int:

@@ -70,11 +70,18 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def _input_entry(p) -> dict:
+    """One named input: a path, or a list of them (such as a rule's `code`: the library modules it runs)."""
+    if isinstance(p, (list, tuple)) or (not isinstance(p, (str, Path)) and hasattr(p, "__iter__")):
+        return {"files": {str(f): sha256_path(f) for f in sorted(map(str, p))}}
+    return {"path": str(p), "sha256": sha256_path(p)}
+
+
 def stage_manifest(stage: str, inputs: dict[str, str | Path], config_slice: object, outputs: dict | None = None) -> dict:
     """Manifest content: kept free of times and hostnames so that identical runs give identical manifests."""
     return {
         "stage": stage,
-        "inputs": {name: {"path": str(p), "sha256": sha256_path(p)} for name, p in sorted(inputs.items())},
+        "inputs": {name: _input_entry(p) for name, p in sorted(inputs.items())},
         "config": config_slice,
         "config_hash": config_hash(config_slice),
         "project_version": project_version(),

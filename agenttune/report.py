@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from agenttune.atomic import read_jsonl, write_text
+from agenttune.score import bootstrap_ci
 
 SLICE_TITLES = {"template": "prompt template", "tool_format": "tool-description format", "source": "source",
                 "task": "task", "kind": "item kind"}
@@ -222,6 +223,22 @@ def _summary_row(model: str, s: dict, general: dict | None, loss) -> list[str]:
             _fmt(g.get("perplexity"), 2), _fmt(loss, 4)]
 
 
+def _paired_rows(models: list[str], scores: dict) -> list[list[str]]:
+    """Per tuned model: the mean per-item score difference to the base model with a bootstrap CI; the CI of a
+    paired difference is much tighter than comparing the two models' own CIs."""
+    base = {r["id"]: r["score"] for r in scores[models[0]].get("items", [])}
+    rows = []
+    for m in models[1:]:
+        diffs = [r["score"] - base[r["id"]] for r in scores[m].get("items", []) if r["id"] in base]
+        if not diffs:
+            continue
+        lo, hi = bootstrap_ci(diffs)
+        rows.append([m, f"{sum(diffs) / len(diffs):+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
+                     str(sum(d > 1e-9 for d in diffs)), str(sum(d < -1e-9 for d in diffs)),
+                     str(sum(abs(d) <= 1e-9 for d in diffs))])
+    return rows
+
+
 def _short(text: str, limit: int = 240) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[:limit] + " …"
@@ -254,7 +271,7 @@ def _examples(models: list[str], preds: dict, scores: dict, items: dict, n: int)
 
 
 COST_COLUMNS = (("config", "config"), ("gpus", "GPUs"), ("nodes", "nodes"), ("gpu", "device"), ("max_len", "max_len"),
-                ("checkpointing", "checkpointing"), ("offload_optimizer", "offload"), ("mfu", "MFU"),
+                ("trainable_layers", "trained layers"), ("checkpointing", "checkpointing"), ("offload_optimizer", "offload"), ("mfu", "MFU"),
                 ("mfu_source", "MFU from"), ("h_per_epoch", "h/epoch"), ("epochs", "epochs"),
                 ("gpu_hours", "GPU-hours"), ("total_per_gpu_GiB", "GiB/GPU"), ("fits", "fits"))
 
@@ -262,8 +279,9 @@ COST_COLUMNS = (("config", "config"), ("gpus", "GPUs"), ("nodes", "nodes"), ("gp
 def _cost_section(doc: "Doc", preflight: dict, metrics: dict) -> None:
     """The preflight's estimate (agenttune.cost) next to what the training epochs measured."""
     doc.h(2, "Cost and memory")
-    doc.p(f"Preflight, before any training job: {preflight['message']}. Time = training FLOPs (6·N·T plus "
-          "attention at the real sample lengths, plus recompute with checkpointing) / (devices × peak × MFU); "
+    doc.p(f"Preflight, before any training job: {preflight['message']}. Time = training FLOPs (6·N·T, less "
+          "with freeze tuning, plus attention at the real sample lengths, plus recompute with checkpointing) / "
+          "(devices × peak × MFU); "
           "memory = DeepSpeed's ZeRO-3 model-state estimate + activations at max_len + buffers (docs/cost.md).")
     rows = preflight.get("rows", [])
     doc.table([title for _, title in COST_COLUMNS],
@@ -271,8 +289,8 @@ def _cost_section(doc: "Doc", preflight: dict, metrics: dict) -> None:
                for r in rows])
     plan = next((r for r in rows if r.get("config") == "plan"), None)
     measured = [(m, mt) for m, mt in metrics.items() if mt.get("wall_time_s")]
-    if plan and measured:
-        est_s = plan["h_per_epoch"] * 3600
+    est_s = (plan or {}).get("s_per_epoch") or (plan or {}).get("h_per_epoch", 0) * 3600
+    if est_s and measured:
         doc.table(["epoch", "estimated s", "measured s", "measured / estimated", "measured MFU"],
                   [[m, _fmt(est_s, 0), _fmt(mt["wall_time_s"], 0), _fmt(mt["wall_time_s"] / est_s, 2),
                     _fmt(mt.get("mfu"), 3)] for m, mt in measured])
@@ -315,6 +333,11 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
                "false-call rate", "missed-call rate", "malformed", "general loss", "general ppl", "train loss"],
               [_summary_row(m, scores[m]["summary"], general.get(m), metrics.get(m, {}).get("mean_loss"))
                for m in models])
+    paired = _paired_rows(models, scores)
+    if paired:
+        doc.p("Change from the base model, paired by item (the same held-out items for every model): mean score "
+              "difference with its 95% bootstrap CI over items, and how many items got better, worse or stayed.")
+        doc.table(["model", "Δ score vs base", "95% CI", "better", "worse", "same"], paired)
     base_s, last_s = first["summary"].get("score"), scores[models[-1]]["summary"].get("score")
     if base_s is not None and last_s is not None:
         doc.p(f"Change from base to {models[-1]}: {last_s - base_s:+.3f} score; "

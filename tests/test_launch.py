@@ -20,7 +20,7 @@ import yaml
 import fake_slurm
 
 from agenttune.launch import (LaunchPlan, launch_command, launch_environment, plan_launch,
-                              rank_environment, run_epoch_job, slurm_resources)
+                              rank_environment, run_epoch_job, slurm_resources, srun_cpus_per_task)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -100,7 +100,7 @@ def _run_under_fake_slurm(tmp_path, plan):
            "FAKE_SLURM_JOB_NODES": str(plan.nodes)}
     # The job's own shell has no node list: only the tasks srun starts get one.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    cmd = launch_command(plan, str(tmp_path / "spec.json"), python=str(probe))
+    cmd = launch_command(plan, str(tmp_path / "spec.json"), python=str(probe), env={})
     proc = subprocess.run(cmd, env={**clean, **env}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     srun_lines = (tmp_path / "bin" / "srun.log").read_text().splitlines()
@@ -185,3 +185,17 @@ def test_gpu_stack_lives_only_in_the_gpu_environment():
     assert "torch==2.13.0" in pip and "deepspeed==0.19.8" in pip
     post = (REPO / "envs" / "train-gpu.post-deploy.sh").read_text()
     assert "flash-attn==" in post and "--no-build-isolation" in post
+
+
+def test_srun_steps_get_the_cpus_of_their_gpus_or_their_share_of_the_node():
+    # the slurm profile's GPU rules: --cpus-per-gpu 8; torchrun per node with 4 GPUs -> 32 CPUs for its one task
+    env = {"SLURM_CPUS_PER_GPU": "8", "SLURM_CPUS_ON_NODE": "64"}
+    torchrun = launch_command(LaunchPlan("torchrun", 2, 4), "/s.json", python="py", env=env)
+    assert torchrun[:7] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                            "--cpus-per-task=32", "bash"]
+    # one task per GPU: 8 each
+    assert "--cpus-per-task=8" in launch_command(LaunchPlan("srun", 2, 4), "/s.json", python="py", env=env)
+    # no --cpus-per-gpu (a CPU job): the node's CPUs split between the node's tasks
+    cpu_only = launch_command(LaunchPlan("srun", 1, 2), "/s.json", python="py", env={"SLURM_CPUS_ON_NODE": "16"})
+    assert "--cpus-per-task=8" in cpu_only
+    assert srun_cpus_per_task(4, 1, {}) == []  # outside an allocation: srun's own default

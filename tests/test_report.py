@@ -65,8 +65,9 @@ def fake_run(tmp: Path) -> tuple[list[str], dict]:
                                                                  "tokens_per_s": 9.5, "wall_time_s": 12.0,
                                                                  "peak_memory_bytes": 2 ** 30, "mfu": 0.04})]
     paths["cost"] = dump(tmp / "preflight.json", {"fits": True, "message": "fits: tiny on 1 GPU", "rows": [
-        {"config": "plan", "gpus": 1, "nodes": 1, "gpu": "CPU", "max_len": 512, "checkpointing": False,
-         "offload_optimizer": False, "mfu": 0.2, "mfu_source": "default", "h_per_epoch": 0.01, "epochs": 1,
+        {"config": "plan", "gpus": 1, "nodes": 1, "gpu": "CPU", "max_len": 512, "trainable_layers": "all",
+         "checkpointing": False,
+         "offload_optimizer": False, "mfu": 0.2, "mfu_source": "default", "h_per_epoch": 0.01, "s_per_epoch": 36.0, "epochs": 1,
          "gpu_hours": 0.01, "total_per_gpu_GiB": 1.5, "fits": True}]})
     paths["data_stats"] = dump(tmp / "stats.json", {"splits": {"test": {"samples": 3, "kind:tool": 2, "kind:no_tool": 1}}})
     paths["shards"] = dump(tmp / "shards.json", {"max_len": 512, "splits": {"train": {"rows": 5, "tokens": 100,
@@ -87,6 +88,8 @@ def test_report_markdown_html_and_plots(tmp_path):
     # base: 0 (no call) + 1.25 (right tool, ROUGE-L 0.5 on the arguments) + 1.5 (right abstention), mean 0.917
     assert "| base | 3 | 0.917 | [0.000, 1.500] | 0.500 | 0.250 |" in first and "| epoch-1 | 3 | 1.500 |" in first
     assert "Change from base to epoch-1: +0.583 score" in first
+    # paired by item: 0 -> 1.5, 1.25 -> 1.5, 1.5 -> 1.5: two better, one the same
+    assert "| epoch-1 | +0.583 | [" in first and "| 2 | 0 | 1 |" in first
     assert "general loss" in first and "2.1000" in first
     for title in ("## Plots", "### By prompt template", "### By tool-description format", "## General ability",
                   "## Human evaluation", "## Example predictions", "## Provenance", "## Training", "## Data"):
@@ -96,7 +99,7 @@ def test_report_markdown_html_and_plots(tmp_path):
     assert "improved by tuning" in md and "no tool needed" in md
     # the preflight's estimate next to the measured epoch: 0.01 h = 36 s estimated, 12 s measured
     assert "## Cost and memory" in md and "Preflight, before any training job: fits: tiny on 1 GPU." in md
-    assert "| plan | 1 | 1 | CPU | 512 | False | False | 0.20 | default | 0.01 | 1 | 0.01 | 1.50 | True |" in md
+    assert "| plan | 1 | 1 | CPU | 512 | all | False | False | 0.20 | default | 0.01 | 1 | 0.01 | 1.50 | True |" in md
     assert "| epoch-1 | 36 | 12 | 0.33 | 0.040 |" in md
     html = (out / "report" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 2 and "<table>" in html

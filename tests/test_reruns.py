@@ -123,32 +123,40 @@ def test_learning_rate_change_retrains_not_reformats(two_runs):
     assert not rules & {"demo_traces", "format_samples", "tokenize_shard", "prepare_base_model"}
 
 
+def _edited(module: Path):
+    """A context in which `module` has one more comment line. Snakemake compares the checksum of an input that is
+    newer than the outputs with the one it recorded, so touching a file is not enough: its content must change."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def edit():
+        original, stat = module.read_bytes(), module.stat()
+        try:
+            module.write_bytes(original + b"\n# edited by tests/test_reruns.py\n")
+            later = time.time() + 5
+            os.utime(module, (later, later))
+            yield
+        finally:
+            module.write_bytes(original)
+            os.utime(module, (stat.st_atime, stat.st_mtime))
+
+    return edit()
+
+
 @pytest.mark.slow
 def test_editing_the_scoring_module_rescores_only(two_runs):
-    module = REPO / "agenttune" / "score.py"
-    stat = module.stat()
-    try:
-        later = time.time() + 5
-        os.utime(module, (later, later))
+    with _edited(REPO / "agenttune" / "score.py"):
         assert planned_rules() == {"score", "report"}
-    finally:
-        os.utime(module, (stat.st_atime, stat.st_mtime))
     assert planned_rules() == set()
 
 
 @pytest.mark.slow
 def test_editing_a_template_module_reformats_and_below(two_runs):
-    module = REPO / "agenttune" / "render" / "react.py"
-    stat = module.stat()
-    try:
-        later = time.time() + 5
-        os.utime(module, (later, later))
+    with _edited(REPO / "agenttune" / "render" / "react.py"):
         rules = planned_rules()
         # the samples and everything made from them; predictions too (the template's stop strings)
         assert {"format_samples", "tokenize_shard", "train_epoch", "predict", "score", "report"} <= rules
         assert not rules & {"demo_traces", "ingest", "prepare_base_model"}
-    finally:
-        os.utime(module, (stat.st_atime, stat.st_mtime))
     assert planned_rules() == set()
 
 
@@ -183,13 +191,16 @@ def _run_and_kill(marker: str, delay: float, timeout: float = 900) -> bool:
 
 @pytest.mark.slow
 def test_jobs_killed_hard_leave_nothing_a_later_run_trusts(two_runs):
-    """kill -9 during formatting, tokenization, training and evaluation; each re-run picks up where the last one
-    died (the workflow profile re-runs incomplete jobs), and the finished run equals an uninterrupted one."""
+    """kill -9 during formatting, tokenization, training and evaluation; after `snakemake --unlock`, each re-run
+    picks up where the last one died (the workflow profile re-runs incomplete jobs), and the finished run equals an
+    uninterrupted one."""
     shutil.rmtree(REPO / "results" / RUN_C, ignore_errors=True)
     try:
         for marker, delay in (("logs/format_samples.log", 0.3), ("logs/tokenize_shard/train-*.log", 0.5),
                               ("logs/train_epoch/epoch-2.log", 2.0), ("logs/predict/epoch-1.log", 1.0)):
             assert _run_and_kill(marker, delay), f"the run finished before it could be killed at {marker}"
+            # A Snakemake killed with -9 cannot remove its lock: `--unlock` is the documented step after a crash.
+            assert smk("--unlock", run=RUN_C).returncode == 0
         proc = smk("--cores", "2", run=RUN_C)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert artefacts(RUN_C) == artefacts(RUN_A)
