@@ -108,14 +108,17 @@ def _port(plan: LaunchPlan) -> str:
     return str(plan.master_port) if plan.master_port else SLURM_PORT_EXPR
 
 
-def srun_cpus_per_task(gpus_per_task: int, tasks_per_node: int, env=None) -> list[str]:
-    """`--cpus-per-task` for our srun job steps, from the allocation the step runs in: CPUs per GPU × the task's
-    GPUs when the job was given `--cpus-per-gpu` (the slurm profile's GPU rules), else the node's CPUs shared by its
-    tasks. srun does not pass a job's --cpus-per-gpu on to the tasks of a step (and Slurm 22.05-23.02 ignored the
-    job's --cpus-per-task in steps), so without this a task, i.e. a torchrun with all its ranks or a rank with its
-    data loading, may be bound to one CPU. Outside an allocation: nothing."""
+def srun_cpus_per_task(gpus_per_task: int, tasks_per_node: int, env=None,
+                       cpus_per_gpu: int | None = None) -> list[str]:
+    """`--cpus-per-task` for our srun job steps: CPUs per GPU × the task's GPUs when the job has CPUs per GPU (the
+    slurm profile gives GPU rules `cpus_per_gpu`; it reaches the job as a Snakemake resource, since
+    snakemake-executor-plugin-slurm removes SLURM_* variables from the job's environment; else
+    `SLURM_CPUS_PER_GPU`), otherwise the node's CPUs (`SLURM_CPUS_ON_NODE`) shared by its tasks. srun does not pass a
+    job's --cpus-per-gpu on to the tasks of a step (and Slurm 22.05-23.02 ignored the job's --cpus-per-task in
+    steps), so without this a task, i.e. a torchrun with all its ranks or a rank with its data loading, may be bound
+    to one CPU. With neither: nothing (srun's own default)."""
     env = os.environ if env is None else env
-    per_gpu = env.get("SLURM_CPUS_PER_GPU", "")
+    per_gpu = str(cpus_per_gpu) if cpus_per_gpu else env.get("SLURM_CPUS_PER_GPU", "")
     on_node = env.get("SLURM_CPUS_ON_NODE", "")
     if per_gpu.isdigit() and int(per_gpu) > 0:
         cpus = int(per_gpu) * max(1, gpus_per_task)
@@ -126,10 +129,11 @@ def srun_cpus_per_task(gpus_per_task: int, tasks_per_node: int, env=None) -> lis
     return [f"--cpus-per-task={max(1, cpus)}"]
 
 
-def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.executable, env=None) -> list[str]:
+def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.executable, env=None,
+                   cpus_per_gpu: int | None = None) -> list[str]:
     """argv that starts all ranks of the worker for `spec_path`. Multi-node commands are meant to run inside a
-    Slurm allocation: their rendezvous address is computed by a shell in the srun job step, not here; `env` (default
-    os.environ) is the allocation's environment, for the steps' CPUs."""
+    Slurm allocation: their rendezvous address is computed by a shell in the srun job step, not here. The srun
+    steps' CPUs come from `cpus_per_gpu` (the job's resource), else from `env` (default os.environ)."""
     spec = str(spec_path)
     q = shlex.quote
     if plan.launcher == "none":
@@ -149,7 +153,8 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
             f"-m {WORKER_MODULE} {q(spec)}"
         )
         return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.nodes}", "--ntasks-per-node=1",
-                "--kill-on-bad-exit=1", *srun_cpus_per_task(plan.nproc_per_node, 1, env), "bash", "-c", script]
+                "--kill-on-bad-exit=1", *srun_cpus_per_task(plan.nproc_per_node, 1, env, cpus_per_gpu),
+                "bash", "-c", script]
     if plan.launcher == "deepspeed" and plan.nodes == 1:
         port = plan.master_port or find_free_port()
         return [python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(plan.nproc_per_node),
@@ -168,7 +173,7 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
         )
         # this step's task is the DeepSpeed launcher; pdsh starts the ranks of the other nodes outside Slurm
         return ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",
-                *srun_cpus_per_task(plan.nproc_per_node, 1, env), "bash", "-c", script]
+                *srun_cpus_per_task(plan.nproc_per_node, 1, env, cpus_per_gpu), "bash", "-c", script]
     # srun: one rank per task; the rendezvous comes from the task's own Slurm environment.
     script = (
         "set -euo pipefail; "
@@ -180,7 +185,7 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
     )
     return ["srun", f"--nodes={plan.nodes}", f"--ntasks={plan.world_size}",
             f"--ntasks-per-node={plan.nproc_per_node}", "--kill-on-bad-exit=1",
-            *srun_cpus_per_task(1, plan.nproc_per_node, env), "bash", "-c", script]
+            *srun_cpus_per_task(1, plan.nproc_per_node, env, cpus_per_gpu), "bash", "-c", script]
 
 
 def find_free_port() -> int:
@@ -270,7 +275,7 @@ def run_epoch_job(base_model_dir: str | Path, shard_paths: list, prev_epoch_dir:
 
     spec = out_dir.resolve().with_name(out_dir.name + ".launch.json")  # absolute: ranks may start elsewhere
     write_job_spec(spec, base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch, train_cfg, seed, compute)
-    cmd = launch_command(plan, spec)
+    cmd = launch_command(plan, spec, cpus_per_gpu=(resources or {}).get("cpus_per_gpu"))
     log("command: " + shlex.join(cmd))
     rc = run_command(cmd, env, log)
     if rc != 0:

@@ -51,6 +51,8 @@ def _set(cfg, dotted, value):
     ("train.learning_rate", 0, "exclusiveMinimum"),
     ("format.templates", {"no_such_template": 1.0}, "no_such_template"),
     ("format.templates", {"react": 0}, "exclusiveMinimum"),
+    ("format.negatives.ratio", 0, "exclusiveMinimum"),
+    ("format.negatives.ratio", -4, "exclusiveMinimum"),
     ("split.test", 0, "exclusiveMinimum"),
     ("train.typo_key", 1, "Additional properties"),
     ("compute.device", "tpu", "is not one of"),

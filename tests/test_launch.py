@@ -199,3 +199,6 @@ def test_srun_steps_get_the_cpus_of_their_gpus_or_their_share_of_the_node():
     cpu_only = launch_command(LaunchPlan("srun", 1, 2), "/s.json", python="py", env={"SLURM_CPUS_ON_NODE": "16"})
     assert "--cpus-per-task=8" in cpu_only
     assert srun_cpus_per_task(4, 1, {}) == []  # outside an allocation: srun's own default
+    # under snakemake-executor-plugin-slurm the job sees no SLURM_* variables: the rule's cpus_per_gpu resource
+    assert launch_command(LaunchPlan("torchrun", 2, 4), "/s.json", python="py", env={}, cpus_per_gpu=6)[5] == \
+        "--cpus-per-task=24"

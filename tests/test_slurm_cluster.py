@@ -246,6 +246,8 @@ def test_two_node_two_rank_zero3_training_matches_two_local_ranks(cluster, tmp_p
         log = (REPO / "results" / run / "logs" / "train_epoch" / f"epoch-{epoch}.log").read_text()
         assert "launch: torchrun, 2 node(s) × 1 process(es), world size 2, DeepSpeed ZeRO-3" in log, log[-3000:]
         assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in log
+        # each node's torchrun gets the CPUs of its GPU (site: cpus_per_gpu 2), from the rule's resources
+        assert "--kill-on-bad-exit=1 --cpus-per-task=2 bash -c" in log, log[-3000:]
         assert "DeepSpeed ZeRO-3 on 2 rank(s)" in log, log[-3000:]
 
     local = subprocess.run([SNAKEMAKE, "--profile", "profiles/local", "--configfile", "config/test/config.yaml",
