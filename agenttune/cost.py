@@ -299,11 +299,12 @@ def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_
     recompute cover k of the layers.
     """
     attention_forward = 4 * shape.q_dim * mean_keys_per_token(seq_len) * shape.layers * tokens
-    if trainable_layers is None or trainable_layers >= shape.layers:
+    if trainable_layers is None:
         dense = 6 * shape.compute_params * tokens
         recompute = 2 * shape.decoder_params * tokens + attention_forward if grad_checkpointing else 0.0
         return FlopCount(dense=dense, attention=3 * attention_forward, recompute=recompute)
-    k = max(0, int(trainable_layers))
+    # freeze tuning keeps the embeddings and the lm_head frozen even when every decoder layer trains
+    k = min(max(0, int(trainable_layers)), shape.layers)
     share = k / shape.layers
     lm_head = shape.vocab * shape.hidden
     dense = 2 * shape.compute_params * tokens + (4 * k * shape.layer_params + 2 * lm_head) * tokens
@@ -365,7 +366,7 @@ def read_measured_mfu(path: str | Path, shape: ModelShape, seq_len: SeqLens = DE
     if metrics.get("mfu_convention") == "agenttune.cost":
         return float(mfu), f"measured, {path}"
     n_params = metrics.get("parameters") or shape.params
-    per_token = training_flops(shape, 1, seq_len, grad_checkpointing).total
+    per_token = training_flops(shape, 1, seq_len, grad_checkpointing, metrics.get("mfu_trainable_layers")).total
     converted = float(mfu) * per_token / (6 * n_params)
     return converted, f"measured, {path}: 6·N·T MFU {mfu:.3f} → {converted:.3f} with attention" + (
         " and recompute" if grad_checkpointing else "")

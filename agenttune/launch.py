@@ -242,6 +242,10 @@ def die_with_parent() -> None:
 def run_command(cmd: list[str], env: dict, log=print) -> int:
     """Run `cmd` with `env` added, copying its output line by line into `log`'s stream; return its exit code."""
     full_env = {**os.environ, **env}
+    if cmd and cmd[0] == "srun" and any(a.startswith("--cpus-per-task=") for a in cmd):
+        # srun reads SLURM_CPUS_PER_GPU (set in a job given --cpus-per-gpu) as its own --cpus-per-gpu, which
+        # Slurm refuses together with --cpus-per-task: the step's CPUs are the explicit ones.
+        full_env.pop("SLURM_CPUS_PER_GPU", None)
     with subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace", bufsize=1, preexec_fn=die_with_parent) as proc:
         try:

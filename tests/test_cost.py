@@ -331,6 +331,9 @@ def test_freeze_tuning_flops_by_hand():
     assert frozen.recompute == 0
     ckpt = training_flops(shape, tokens, seq_len=3, grad_checkpointing=True, trainable_layers=k)
     assert ckpt.recompute == pytest.approx(2 * k * layer * tokens + full.attention / 3 * k / 4)
-    # all layers trainable is full tuning
-    assert training_flops(shape, tokens, seq_len=3, trainable_layers=4) == full
+    # every layer trainable is still freeze tuning: the lm_head gets no weight gradient
+    all_layers = training_flops(shape, tokens, seq_len=3, trainable_layers=4)
+    # (and 4 FLOPs per token for each final-norm weight, which 6·N_c counts and the freeze count leaves out)
+    assert full.dense - all_layers.dense == (2 * lm_head + 4 * 8) * tokens and all_layers.attention == full.attention
+    assert training_flops(shape, tokens, seq_len=3, trainable_layers=9) == all_layers
     assert frozen.total < full.total

@@ -202,3 +202,18 @@ def test_srun_steps_get_the_cpus_of_their_gpus_or_their_share_of_the_node():
     # under snakemake-executor-plugin-slurm the job sees no SLURM_* variables: the rule's cpus_per_gpu resource
     assert launch_command(LaunchPlan("torchrun", 2, 4), "/s.json", python="py", env={}, cpus_per_gpu=6)[5] == \
         "--cpus-per-task=24"
+
+
+def test_srun_steps_with_explicit_cpus_do_not_inherit_cpus_per_gpu(tmp_path, monkeypatch, capsys):
+    """srun reads SLURM_CPUS_PER_GPU as --cpus-per-gpu, which Slurm refuses next to --cpus-per-task."""
+    from agenttune.launch import run_command
+
+    fake = tmp_path / "srun"
+    fake.write_text("#!/bin/sh\necho \"CPG=${SLURM_CPUS_PER_GPU-unset}\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_CPUS_PER_GPU", "8")
+    assert run_command(["srun", "--cpus-per-task=8", "true"], {}) == 0
+    assert capsys.readouterr().out == "CPG=unset\n"
+    assert run_command(["srun", "true"], {}) == 0  # no explicit CPUs: the job's setting stays
+    assert capsys.readouterr().out == "CPG=8\n"
