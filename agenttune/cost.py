@@ -282,6 +282,11 @@ class FlopCount:
         return self.dense + self.attention + self.recompute
 
 
+def trainable_layers(train_cfg: dict) -> int | None:
+    """The run config's trainable top layers: `freeze_trainable_layers` with freeze tuning, None (all) otherwise."""
+    return train_cfg["freeze_trainable_layers"] if train_cfg.get("tuning", "full") == "freeze" else None
+
+
 def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_MAX_LEN,
                    grad_checkpointing: bool = False, trainable_layers: int | None = None) -> FlopCount:
     """FLOPs to train on `tokens` tokens arranged in rows of `seq_len` (an int, a list of row lengths

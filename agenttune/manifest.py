@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import agenttune
+from agenttune.atomic import write_text
 
 KEY_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "pyarrow", "accelerate", "deepspeed",
                 "snakemake", "rouge-score", "sacrebleu")
@@ -63,11 +63,7 @@ def project_version() -> str:
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _input_entry(p) -> dict:

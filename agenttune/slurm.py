@@ -369,12 +369,17 @@ def _list_or_all(value: str | None) -> tuple[str, ...] | None:
     return tuple(v for v in value.split(",") if v)
 
 
-def parse_partitions(text: str) -> dict[str, Partition]:
-    out = {}
+def _records(text: str, key: str):
+    """The `key=value` records of `scontrol show -o` output that have `key` (one per line)."""
     for line in text.splitlines():
         kv = parse_kv_line(line)
-        if "PartitionName" not in kv:
-            continue
+        if key in kv:
+            yield kv
+
+
+def parse_partitions(text: str) -> dict[str, Partition]:
+    out = {}
+    for kv in _records(text, "PartitionName"):
         nodes = kv.get("Nodes", "")
         out[kv["PartitionName"]] = Partition(
             name=kv["PartitionName"],
@@ -404,10 +409,7 @@ def parse_gres(text: str) -> tuple[tuple[str, str | None, int], ...]:
 
 def parse_nodes(text: str) -> dict[str, Node]:
     out = {}
-    for line in text.splitlines():
-        kv = parse_kv_line(line)
-        if "NodeName" not in kv:
-            continue
+    for kv in _records(text, "NodeName"):
         feats = kv.get("AvailableFeatures", "")
         out[kv["NodeName"]] = Node(
             name=kv["NodeName"],

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from agenttune.cost import trainable_layers
 from agenttune.manifest import sha256_file, write_manifest
 from agenttune.pack import make_collator
 from agenttune.tokenize import IGNORE_INDEX, load_shards
@@ -358,7 +359,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "gradient_checkpointing": grad_ckpt,
         **measured_mfu(model.config.to_dict(), epoch_tokens, sample_lengths, seconds, world_size, compute, on_gpu,
                        grad_ckpt, log,
-                       cfg["freeze_trainable_layers"] if cfg.get("tuning", "full") == "freeze" else None),
+                       trainable_layers(cfg)),
     }
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     _write_epoch_manifest(ckpt, base_model_dir, shard_paths, resume_from, cfg, seed, epoch, world_size)

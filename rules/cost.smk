@@ -30,10 +30,8 @@ rule cost_preflight:
         deepspeed=config["train"].get("deepspeed") or {},
         model_name=config["model"]["name"],
         # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cost.training_flops)
-        trainable_layers=(
-            config["train"]["freeze_trainable_layers"]
-            if config["train"].get("tuning", "full") == "freeze"
-            else None
-        ),
+        tuning={
+            k: config["train"].get(k) for k in ("tuning", "freeze_trainable_layers")
+        },
     script:
         "../scripts/cost_preflight.py"

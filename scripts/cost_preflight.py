@@ -2,7 +2,7 @@ import json
 import sys
 
 from agenttune.atomic import write_text
-from agenttune.cost import format_markdown, plan_for_run, run_preflight, write_csv
+from agenttune.cost import format_markdown, plan_for_run, run_preflight, trainable_layers, write_csv
 from agenttune.manifest import write_json_atomic
 from agenttune.runlog import stage_log
 
@@ -12,7 +12,7 @@ with stage_log(snakemake.log[0]) as log:
     manifest = json.loads(open(snakemake.input.manifest).read())
     plan = plan_for_run(model_config, manifest, p.compute, p.epochs, p.max_len, p.grad_checkpointing,
                         p.deepspeed.get("offload_optimizer", False), p.deepspeed.get("offload_params", False),
-                        p.model_name, p.trainable_layers)
+                        p.model_name, trainable_layers(p.tuning))
     verdict, rows = run_preflight(plan)
     log(verdict.message)
     if not verdict.fits:

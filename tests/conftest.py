@@ -13,6 +13,17 @@ TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 
               "num_key_value_heads": 2}
 
 
+def planned_jobs(output: str) -> set[str]:
+    """Rules a `snakemake -n` run would execute, from the rows of its job-stats table (set() when it has nothing
+    to do). Snakemake 9 prints per-job reasons after the table, no separate Reasons section."""
+    import re
+
+    if "Job stats:" not in output:
+        return set()
+    table = output.split("Job stats:", 1)[1]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total", "all"}
+
+
 def shared_data(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

@@ -7,7 +7,6 @@ plan re-runs after changing one thing at a time and check that exactly the expec
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import planned_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -46,12 +47,7 @@ def planned_rules(overlay: dict | None = None, run=RUN_A) -> set[str]:
         if overlay:
             os.unlink(configs[-1])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return set()
-    table = text.split("Job stats:", 1)[1].split("Reasons:", 1)[0] if "Job stats:" in text else text
-    rules = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)}
-    return rules - {"total", "all"}
+    return planned_jobs(proc.stdout + proc.stderr)
 
 
 def sha256(path: Path) -> str:
