@@ -9,8 +9,9 @@ Gives, in out_dir: `train.jsonl`, `val.jsonl`, `test.jsonl` (one sample per line
 agenttune.render plus "negative_kind" on negatives, "general": true on mixed general chat, "eval_only" on
 benchmark items) and the stats dict (the caller writes it as stats.json).
 
-How, in three streaming passes over the input (memory holds compact per-item numbers and held-out keys, never
-the traces or samples):
+How, in three streaming passes over the input (memory holds neither the traces nor the samples, nor anything per
+item: what the passes remember about each item waits on disk in a scratch folder, agenttune.spill, so memory
+does not grow with the input):
   1. assign every trace to a split by its id (held-out tools/tasks and eval-only benchmark items go to test), so
      one trace never lands in two splits under two templates; collect the held-out query keys, the held-out
      n-grams, the tool lists per split (for mining) and upper bounds on what each split will need;
@@ -32,7 +33,7 @@ import hashlib
 import json
 import math
 import os
-from array import array
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,10 +41,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from agenttune import mix
-from agenttune.decontam import KeySet, NgramOverlap, exact_key, normal_key, query_key_text, query_text
+from agenttune.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
 from agenttune.render import TEMPLATES, get_template, passthrough, tool_call
 from agenttune.render.common import turns
-from agenttune.render.negatives import ToolListIndex, TopK, mined_trace
+from agenttune.render.negatives import ToolListIndex, mined_trace
+from agenttune.spill import Batched, CodeFile, Scratch, signed64
 from agenttune.sources import ROLES, FormatError, source_roles  # noqa: F401 (source_roles: re-exported)
 from agenttune.traces.canonical import TraceError, validate_trace
 
@@ -51,6 +53,8 @@ SPLITS = ("train", "val", "test")
 NEGATIVE_KINDS = ("user", "no_tool", "mined")
 CATEGORIES = ("positive", "no_tool", "fixed", "user", "general")
 DROPPED = 1 << 5
+# One n-gram partition per this many bytes of input keeps each partition's join small (agenttune.decontam).
+NGRAM_PARTITION_BYTES = 4 << 20
 
 # The defaults of every optional key; config/schema.yaml documents the same values (tests/test_data.py checks).
 DEFAULTS = {
@@ -242,8 +246,10 @@ def _dumps(row: dict) -> str:
 class _Stage:
     """State shared by the three passes. Per-item facts are recomputed from (seed, id) in each pass."""
 
-    def __init__(self, paths, cfg: dict, seed: int, roles: dict[str, str], renderers: dict[str, Renderer]):
+    def __init__(self, paths, cfg: dict, seed: int, roles: dict[str, str], renderers: dict[str, Renderer],
+                 scratch: Scratch):
         self.paths, self.seed, self.roles, self.renderers = paths, seed, roles, renderers
+        self.scratch, self.db = scratch, scratch.db
         self.cfg = resolve_config(cfg)
         split_cfg, fmt = self.cfg["split"], self.cfg["format"]
         self.val, self.test = split_cfg["val"], split_cfg["test"]
@@ -311,12 +317,12 @@ class _Stage:
         if split == "test":
             return None
         text = query_key_text(trace)
-        sets = [self.keys["test"]] if split == "val" else [self.keys["test"], self.keys["val"]]
-        exact, normal = exact_key(text), normal_key(text)
-        if any(exact in s[0] for s in sets):
-            return "exact"
-        if any(normal in s[1] for s in sets):
-            return "normalised"
+        # held.rank: 0 if a test query has this key, else 1 (val); val items are judged by test queries only.
+        worst = 0 if split == "val" else 1
+        for kind, key in ((0, exact_key(text)), (1, normal_key(text))):
+            row = self.db.execute("SELECT rank FROM held WHERE kind = ? AND k = ?", (kind, signed64(key))).fetchone()
+            if row is not None and row[0] <= worst:
+                return "exact" if kind == 0 else "normalised"
         return None
 
     def templates_for(self, trace: dict) -> list[str]:
@@ -344,8 +350,8 @@ class _Stage:
                 out.append(sample)
         return out
 
-    def decode(self, pos: int) -> tuple[str, str, bool]:
-        code = self.codes[pos]
+    @staticmethod
+    def decode(code: int) -> tuple[str, str, bool]:
         return SPLITS[code & 3], CATEGORIES[code >> 2 & 7], bool(code & DROPPED)
 
     def select_u(self, trace_id: str) -> float:
@@ -355,16 +361,22 @@ class _Stage:
 
     def pass1(self) -> None:
         d = self.cfg["split"]["decontam"]
-        self.overlap = NgramOverlap(d["ngram"], d["boilerplate_docs"])
-        held = {s: (KeySet(), KeySet()) for s in ("val", "test")}
+        size = sum(p.stat().st_size for p in self.paths)
+        parts = min(1024, max(4, math.ceil(size / NGRAM_PARTITION_BYTES)))
+        self.overlap = NgramOverlap(d["ngram"], d["boilerplate_docs"], self.scratch.path("ngrams"), parts)
+        self.db.execute("CREATE TABLE ids (k INTEGER PRIMARY KEY)")
+        self.db.execute("CREATE TABLE held (kind INTEGER, k INTEGER, rank INTEGER, PRIMARY KEY (kind, k)) WITHOUT ROWID")
+        ids = Batched(self.db, "INSERT INTO ids VALUES (?)")
+        held = Batched(self.db, "INSERT INTO held VALUES (?, ?, ?) ON CONFLICT (kind, k) DO UPDATE SET "
+                                "rank = min(rank, excluded.rank)")
+        ids_checked = False
         self.tool_lists = {s: ToolListIndex(self.max_tool_lists) for s in SPLITS}
         self.upper_positives = Counter()
         self.read_by_role: Counter = Counter()
         self.read_by_source: Counter = Counter()
         self.moved: Counter = Counter()
-        id_keys = array("Q")
         # One byte per item carries split, category and (from pass 2) the duplicate flag to the later passes.
-        self.codes = bytearray()
+        self.codes = CodeFile(self.scratch.path("codes.pass1"))
         for _, path, line, trace in _read_traces(self.paths):
             where = f"{path}:{line}"
             category = self.category(trace, where)
@@ -373,80 +385,114 @@ class _Stage:
             self.read_by_role[self.roles.get(trace["source"], "traces")] += 1
             self.read_by_source[trace["source"]] += 1
             self.moved[why] += 1
-            id_keys.append(exact_key(trace["id"]))
-            if split in held:
+            if not ids_checked:
+                try:
+                    ids.add(signed64(exact_key(trace["id"])))
+                except sqlite3.IntegrityError:
+                    # Two ids share a 64-bit key: find the real duplicate (or a key collision, then go on).
+                    self._raise_duplicate_id()
+                    ids_checked = True
+            if split in ("val", "test"):
                 text = query_key_text(trace)
-                held[split][0].add(exact_key(text))
-                held[split][1].add(normal_key(text))
+                rank = 0 if split == "test" else 1
+                held.add(0, signed64(exact_key(text)), rank)
+                held.add(1, signed64(normal_key(text)), rank)
             if split == "test":
                 self.overlap.add_item(trace["id"], query_text(trace))
             if category == "positive":
                 trace, _ = self.strip_holdout(trace, split)
                 self.upper_positives[split] += self.sample_count(trace, split, category)
                 self.tool_lists[split].add(trace["tools"])
-        ids = np.frombuffer(id_keys, dtype=np.uint64) if id_keys else np.zeros(0, np.uint64)
-        if len(np.unique(ids)) != len(ids):
-            self._raise_duplicate_id()
-        self.keys = {s: (a.freeze(), b.freeze()) for s, (a, b) in held.items()}
+        if not ids_checked:
+            try:
+                ids.flush()
+            except sqlite3.IntegrityError:
+                self._raise_duplicate_id()
+        held.flush()
+        self.db.execute("DROP TABLE ids")
+        self.codes.close()
         self.overlap.freeze()
         for index in self.tool_lists.values():
             index.freeze()
 
     def _raise_duplicate_id(self) -> None:
-        seen: dict[str, str] = {}
-        for _, path, line, trace in _read_traces(self.paths):
-            if trace["id"] in seen:
-                raise FormatError(f"{path}:{line}: id={trace['id']}: duplicate trace id (first at {seen[trace['id']]})")
-            seen[trace["id"]] = f"{path}:{line}"
+        self.db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY, at TEXT) WITHOUT ROWID")
+        for _, path, line, trace in _read_traces(self.paths, validate=False):
+            try:
+                self.db.execute("INSERT INTO seen VALUES (?, ?)", (trace["id"], f"{path}:{line}"))
+            except sqlite3.IntegrityError:
+                first = self.db.execute("SELECT at FROM seen WHERE id = ?", (trace["id"],)).fetchone()[0]
+                raise FormatError(f"{path}:{line}: id={trace['id']}: duplicate trace id (first at {first})") from None
+        self.db.execute("DROP TABLE seen")
 
     def pass2(self) -> None:
         self.positives = Counter()
         self.fixed = Counter()
         self.dropped = {s: Counter() for s in SPLITS}
-        cand_u = {(s, k): array("d") for s in SPLITS for k in ("user", "no_tool")}
-        general_u = {s: array("d") for s in SPLITS}
-        general_pos = {s: array("Q") for s in SPLITS}
-        per_negative = max(self.renders, 1)
+        # Selection numbers: negative candidates (kind 0 user, 1 no_tool) and general items; a general item that
+        # scores against its split's tool lists carries its BM25 score and best list (a mined-negative candidate).
+        self.db.execute("CREATE TABLE cand (split INTEGER, kind INTEGER, u REAL)")
+        self.db.execute("CREATE TABLE gen (pos INTEGER PRIMARY KEY, split INTEGER, u REAL, score REAL, best INTEGER)")
+        cand = Batched(self.db, "INSERT INTO cand VALUES (?, ?, ?)")
+        gen = Batched(self.db, "INSERT INTO gen VALUES (?, ?, ?, ?, ?)")
+        self.per_negative = max(self.renders, 1)
         mining = "mined" in self.order and self.ratio is not None
-        bound = {s: (math.ceil(self.upper_positives[s] / self.ratio / per_negative) + 1 if mining else 0)
-                 for s in SPLITS}
-        self.hardest = {s: TopK(bound[s]) for s in SPLITS}
+        # At most this many mined negatives can be needed per split (the old bounded hardest-first heap's size).
+        self.mined_bound = {s: (math.ceil(self.upper_positives[s] / self.ratio / self.per_negative) + 1 if mining else 0)
+                            for s in SPLITS}
         self.mined_scored = Counter()
-        for pos, _, _, trace in _read_traces(self.paths, validate=False):
-            split, category, _ = self.decode(pos)
+        codes = CodeFile(self.scratch.path("codes.pass2"))
+        for (pos, _, _, trace), code in zip(_read_traces(self.paths, validate=False), self.codes, strict=True):
+            split, category, _ = self.decode(code)
             dup = self.duplicate(split, trace)
             if dup:
                 self.dropped[split][f"{category}:{dup}"] += 1
-                self.codes[pos] |= DROPPED
+                codes.append(code | DROPPED)
                 continue
+            codes.append(code)
             trace, _ = self.strip_holdout(trace, split)
             if category == "positive":
                 self.positives[split] += self.sample_count(trace, split, category)
             elif category == "fixed":
                 self.fixed[split] += self.sample_count(trace, split, category)
             elif category in ("user", "no_tool"):
-                cand_u[(split, category)].append(self.select_u(trace["id"]))
+                cand.add(SPLITS.index(split), 0 if category == "user" else 1, self.select_u(trace["id"]))
             else:  # general
                 u = self.select_u(trace["id"])
+                score, best = None, None
                 if mining:
-                    score, best = self.tool_lists[split].best(query_text(trace))
-                    if best >= 0 and score > self.min_score:
+                    s_, b_ = self.tool_lists[split].best(query_text(trace))
+                    if b_ >= 0 and s_ > self.min_score:
                         self.mined_scored[split] += 1
-                        self.hardest[split].push(score, u, (pos, best))
-                if split != "test":
-                    general_u[split].append(u)
-                    general_pos[split].append(pos)
-        self.plan_splits(cand_u, general_u, general_pos, per_negative)
+                        score, best = float(s_), int(b_)
+                if split != "test" or score is not None:
+                    gen.add(pos, SPLITS.index(split), u, score, best)
+        cand.flush()
+        gen.flush()
+        codes.close()
+        self.codes = codes
+        self.plan_splits()
 
-    def plan_splits(self, cand_u, general_u, general_pos, per_negative: int) -> None:
+    def _smallest(self, sql: str, params: tuple, n: int, k: int) -> float:
+        """A threshold t with exactly k of the n values selected by `sql` (ordered by u) <= t; -1 when k is 0
+        (agenttune.mix.smallest, with the values on disk)."""
+        if k <= 0 or n == 0:
+            return -1.0
+        k = min(k, n)
+        return self.db.execute(sql + " LIMIT 1 OFFSET ?", (*params, k - 1)).fetchone()[0]
+
+    def plan_splits(self) -> None:
         self.threshold: dict[tuple[str, str], float] = {}
-        self.mined: dict[str, dict[int, tuple[int, float]]] = {}
         self.general_threshold: dict[str, float] = {}
         self.plan: dict[str, dict] = {}
-        for split in SPLITS:
+        per_negative = self.per_negative
+        self.db.execute("CREATE TABLE mined (pos INTEGER PRIMARY KEY, best INTEGER, score REAL)")
+        one = lambda sql, *params: self.db.execute(sql, params).fetchone()[0]  # noqa: E731
+        for si, split in enumerate(SPLITS):
             p, fixed = self.positives[split], self.fixed[split]
-            available = {"user": len(cand_u[(split, "user")]), "no_tool": len(cand_u[(split, "no_tool")]),
-                         "mined": len(self.hardest[split])}
+            available = {"user": one("SELECT count(*) FROM cand WHERE split = ? AND kind = 0", si),
+                         "no_tool": one("SELECT count(*) FROM cand WHERE split = ? AND kind = 1", si),
+                         "mined": min(self.mined_bound[split], self.mined_scored[split])}
             take = {}
             if self.ratio is None:  # no target: every user and no-tool negative, nothing mined
                 take = {"user": available["user"], "no_tool": available["no_tool"], "mined": 0}
@@ -460,36 +506,42 @@ class _Stage:
                 for kind in self.order:
                     take[kind] = min(need, available[kind])
                     need -= take[kind]
-            for kind in ("user", "no_tool"):
-                self.threshold[(split, kind)] = mix.smallest(np.frombuffer(cand_u[(split, kind)], dtype=np.float64)
-                                                             if cand_u[(split, kind)] else np.zeros(0), take[kind])
-            chosen = self.hardest[split].items()[: take["mined"]]
-            self.mined[split] = {pos: (best, score) for score, _, (pos, best) in chosen}
+            for ki, kind in enumerate(("user", "no_tool")):
+                self.threshold[(split, kind)] = self._smallest(
+                    "SELECT u FROM cand WHERE split = ? AND kind = ? ORDER BY u", (si, ki), available[kind], take[kind])
+            # The hardest mined candidates first; ties in score broken by the selection number.
+            hardest = "FROM gen WHERE split = ? AND score IS NOT NULL ORDER BY score DESC, u DESC LIMIT ?"
+            self.db.execute(f"INSERT INTO mined SELECT pos, best, score {hardest}", (si, take["mined"]))
+            top = [row[0] for row in self.db.execute(f"SELECT score {hardest}", (si, min(5, take["mined"])))]
             negatives = fixed + per_negative * (take["user"] + take["no_tool"] + take["mined"])
             plan = {"positives": p, "negatives": negatives, "target_negatives": target,
                     "taken": {"fixed": fixed, **{k: take[k] for k in NEGATIVE_KINDS}},
-                    "available": available, "hardest_scores": [round(s, 4) for s, _, _ in chosen[:5]]}
+                    "available": available, "hardest_scores": [round(s, 4) for s in top]}
             # General chat: train and val only, never items already used as mined negatives.
             general = 0
             if split != "test" and self.eta < 1:
-                us = np.frombuffer(general_u[split], dtype=np.float64) if general_u[split] else np.zeros(0)
-                pos = np.frombuffer(general_pos[split], dtype=np.uint64) if general_pos[split] else np.zeros(0, np.uint64)
-                free = ~np.isin(pos, np.fromiter(self.mined[split], dtype=np.uint64, count=len(self.mined[split])))
+                free_items = "FROM gen WHERE split = ? AND pos NOT IN (SELECT pos FROM mined)"
+                free = one(f"SELECT count(*) {free_items}", si)
                 wanted = mix.general_target(p + negatives, self.eta)
-                general = min(wanted, int(free.sum()))
-                self.general_threshold[split] = mix.smallest(us[free], general)
+                general = min(wanted, free)
+                self.general_threshold[split] = self._smallest(f"SELECT u {free_items} ORDER BY u", (si,), free, general)
                 plan["general_target"] = wanted
             else:
                 self.general_threshold[split] = -1.0
             plan["general"] = general
             self.plan[split] = plan
 
+    def mined_negative(self, pos: int) -> tuple[int, float] | None:
+        """(best tool list, score) if the general item at `pos` was chosen as a mined negative."""
+        return self.db.execute("SELECT best, score FROM mined WHERE pos = ?", (pos,)).fetchone()
+
     def pass3(self, out_dir: Path) -> dict:
         counts = {s: Counter() for s in SPLITS}
-        lengths = {s: (array("I"), array("I")) for s in SPLITS}
+        # Histograms of sample lengths (bounded by the longest sample, not by the number of samples).
+        lengths = {s: (Counter(), Counter()) for s in SPLITS}
         outcome = Counter()
         tools_removed = 0
-        test_items: set[str] = set()
+        test_item = -1  # the n-gram report's number of the current test trace (pass 1 added them in this order)
         files = {}
         try:
             for split in SPLITS:
@@ -513,11 +565,12 @@ class _Stage:
                         c["general"] += 1
                     chars = sum(len(m["content"]) for m in sample["messages"])
                     trained = sum(len(m["content"]) for m in sample["messages"] if m["role"] == "assistant" and m["loss"])
-                    lengths[split][0].append(chars)
-                    lengths[split][1].append(trained)
+                    lengths[split][0][chars] += 1
+                    lengths[split][1][trained] += 1
 
-            for pos, _, _, trace in _read_traces(self.paths, validate=False):
-                split, category, dropped = self.decode(pos)
+            for (pos, _, _, trace), code in zip(_read_traces(self.paths, validate=False), self.codes, strict=True):
+                split, category, dropped = self.decode(code)
+                test_item += split == "test"
                 role = self.roles.get(trace["source"], "traces")
                 if dropped:
                     outcome[(role, "dropped_duplicate_query")] += 1
@@ -525,18 +578,19 @@ class _Stage:
                 trace, removed = self.strip_holdout(trace, split)
                 tools_removed += removed
                 if category == "general":
-                    if pos in self.mined[split]:
-                        best, score = self.mined[split][pos]
-                        negative = mined_trace(trace, self.tool_lists[split].lists[best], score)
+                    mined = self.mined_negative(pos)
+                    if mined is not None:
+                        best, score = mined
+                        negative = mined_trace(trace, self.tool_lists[split].tools(best), score)
                         emit(split, "agent", [dict(s, negative_kind="mined", mined_score=round(score, 6))
                                               for s in self.samples(negative, split, "no_tool")])
                         outcome[(role, "mined_negative")] += 1
-                        self._seen_by(split, trace, test_items)
+                        self._seen_by(split, trace, test_item)
                     elif split != "test" and self.select_u(trace["id"]) <= self.general_threshold[split]:
                         emit(split, "general", [dict(render_trace(trace, passthrough.NAME, passthrough.TOOL_FORMAT),
                                                      general=True)])
                         outcome[(role, "mixed_general")] += 1
-                        self._seen_by(split, trace, test_items)
+                        self._seen_by(split, trace, test_item)
                     else:
                         outcome[(role, "unused")] += 1
                     continue
@@ -552,7 +606,7 @@ class _Stage:
                     extra["eval_only"] = True
                 emit(split, "agent", [dict(s, **extra) for s in samples])
                 outcome[(role, "rendered")] += 1
-                self._seen_by(split, trace, test_items)
+                self._seen_by(split, trace, test_item)
             for f in files.values():
                 f.close()
             for split in SPLITS:
@@ -563,15 +617,14 @@ class _Stage:
             for split in SPLITS:
                 for stream in ("agent", "general"):
                     (out_dir / f".{split}.{stream}.tmp").unlink(missing_ok=True)
-        return {"counts": counts, "lengths": lengths, "outcome": outcome, "tools_removed": tools_removed,
-                "test_items": test_items}
+        return {"counts": counts, "lengths": lengths, "outcome": outcome, "tools_removed": tools_removed}
 
-    def _seen_by(self, split: str, trace: dict, test_items: set[str]) -> None:
-        """Training text goes past the held-out n-grams; test items are remembered for the report."""
+    def _seen_by(self, split: str, trace: dict, test_item: int) -> None:
+        """Training text goes past the held-out n-grams; written test items are the ones the report covers."""
         if split == "train":
             self.overlap.scan("\n".join(m["content"] for m in trace["messages"] if m["role"] in ("user", "assistant")))
         elif split == "test":
-            test_items.add(trace["id"])
+            self.overlap.select(test_item)
 
     @staticmethod
     def _merge(out_dir: Path, split: str, n_agent: int, n_general: int) -> None:
@@ -584,16 +637,20 @@ class _Stage:
                 out.write(row)
 
 
-def _percentiles(values: array) -> dict:
-    if not values:
+def _percentiles(histogram: Counter) -> dict:
+    """Nearest-rank percentiles of a histogram {length: count}: an actual sample's length, exact integer
+    arithmetic, the same on every platform."""
+    n = sum(histogram.values())
+    if not n:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
-    v = np.sort(np.frombuffer(values, dtype=np.uint32))
+    values = sorted(histogram)
+    counts = np.cumsum([histogram[v] for v in values])
 
     def rank(q: int) -> int:
-        # Nearest rank: an actual sample's length, exact integer arithmetic, the same on every platform.
-        return int(v[max(0, (q * len(v) + 99) // 100 - 1)])
+        r = max(0, (q * n + 99) // 100 - 1)  # 0-based position in the sorted lengths
+        return int(values[int(np.searchsorted(counts, r, side="right"))])
 
-    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": int(v[-1])}
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": int(values[-1])}
 
 
 def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict, seed: int,
@@ -606,8 +663,9 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_config(cfg)
     renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
-    stage = _Stage([Path(p) for p in trace_paths], cfg, seed, roles or {}, renderers)
+    scratch = Scratch(out_dir)
     try:
+        stage = _Stage([Path(p) for p in trace_paths], cfg, seed, roles or {}, renderers, scratch)
         stage.pass1()
         stage.pass2()
         result = stage.pass3(out_dir)
@@ -623,6 +681,7 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
         for split in SPLITS:
             os.replace(out_dir / f".{split}.jsonl.tmp", out_dir / f"{split}.jsonl")
     finally:
+        scratch.close()
         for split in SPLITS:
             (out_dir / f".{split}.jsonl.tmp").unlink(missing_ok=True)
     return stats
@@ -671,8 +730,8 @@ def _stats(stage: _Stage, result: dict) -> dict:
         "holdout": {"tools": sorted(stage.holdout_tools), "tasks": sorted(stage.holdout_tasks),
                     "tools_removed_from_train_val_lists": result["tools_removed"]},
         "dropped_duplicate_queries": {s: dict(sorted(stage.dropped[s].items())) for s in SPLITS},
-        "contamination": stage.overlap.report(result["test_items"]),
+        "contamination": stage.overlap.report(only_selected=True),
         "lengths": lengths,
-        "tool_lists_indexed": {s: len(stage.tool_lists[s].lists) for s in SPLITS},
+        "tool_lists_indexed": {s: len(stage.tool_lists[s]) for s in SPLITS},
         "mining_candidates_scored": {s: stage.mined_scored[s] for s in SPLITS},
     }

@@ -6,11 +6,9 @@ Gives:
   - `query_key_text(trace)` / `exact_key(text)` / `normal_key(text)`: 64-bit keys of a trace's query, exact and
     after normalisation (Unicode NFKC, case folded, every run of non-alphanumerics -> one space), so
     "What's the weather in Oslo?" and "what s the weather in oslo" collide;
-  - `KeySet`: a compact set of such keys (8 bytes each, numpy-sorted once frozen) for "is this train query also
-    a held-out query?";
   - `NgramOverlap`: word n-grams of the held-out items, checked against streamed training text; n-grams found
     in many texts are shared phrasing (a prompt preamble, a template sentence) and are left out, so the report
-    counts content overlap, not boilerplate.
+    counts content overlap, not boilerplate. Its n-grams wait in files, not in memory.
 Query keys are blake2b digests (the same in every process); n-gram keys are Python tuple hashes, used only
 within one process (see ngram_keys).
 """
@@ -18,12 +16,19 @@ within one process (see ngram_keys).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from bisect import bisect_left
+import shutil
+import tempfile
 import unicodedata
+import weakref
 from array import array
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+
+from agenttune.spill import Partitions
 
 _NON_ALNUM = re.compile(r"[\W_]+")
 
@@ -66,33 +71,6 @@ def normal_key(text: str) -> int:
     return key64(normalise(text))
 
 
-class KeySet:
-    """Add keys, freeze once, then test membership. 8 bytes per key (a sorted array, binary search)."""
-
-    def __init__(self):
-        self._pending = array("Q")
-        self._sorted: array | None = None
-
-    def add(self, key: int) -> None:
-        if self._sorted is not None:
-            raise RuntimeError("KeySet is frozen")
-        self._pending.append(key)
-
-    def freeze(self) -> "KeySet":
-        unique = np.unique(np.frombuffer(self._pending, dtype=np.uint64)) if self._pending else np.zeros(0, np.uint64)
-        self._sorted = array("Q", unique.tobytes())
-        self._pending = array("Q")
-        return self
-
-    def __contains__(self, key: int) -> bool:
-        # bisect on an array of Python-sized ints is several times faster than a numpy call per lookup.
-        i = bisect_left(self._sorted, key)
-        return i < len(self._sorted) and self._sorted[i] == key
-
-    def __len__(self) -> int:
-        return len(self._sorted) if self._sorted is not None else len(self._pending)
-
-
 def ngram_keys(text: str, n: int) -> np.ndarray:
     """The distinct keys of the word n-grams of the normalised text (empty if it has fewer than n words).
 
@@ -111,58 +89,140 @@ class NgramOverlap:
     An n-gram found in more than `boilerplate_docs` texts (held-out items and training texts together) is shared
     phrasing: a task's instruction preamble, a generator's sentence pattern. It is left out, so the report
     counts overlap of content, which a real leak (a test query copied into the training data a few times) has.
-    Memory: 12 bytes per held-out n-gram plus the item names; the training side is never stored."""
 
-    def __init__(self, n: int, boilerplate_docs: int):
-        self.n, self.boilerplate_docs = n, boilerplate_docs
-        self._keys = array("q")
-        self._owner = array("I")
-        self.items: list[str] = []
+    Memory does not grow with the input: the held-out n-grams (key, item) and every training text's distinct
+    n-gram keys go to `parts` files by key (agenttune.spill.Partitions); `report` joins them one partition at a
+    time, then adds up per item in blocks of items, reading the item names back from a file in order. Pick
+    `parts` so that one partition fits comfortably in memory (agenttune.data: one per 4 MiB of input)."""
+
+    ITEM_BLOCK = 1 << 16
+
+    def __init__(self, n: int, boilerplate_docs: int, folder: str | Path | None = None, parts: int = 4):
+        self.n, self.boilerplate_docs, self.parts = n, boilerplate_docs, parts
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix=".ngrams-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._held = Partitions(self.folder, "held", parts, width=2)
+        self._train = Partitions(self.folder, "train", parts)
+        self._names = open(self.folder / "names", "w", encoding="utf-8")
+        self._selected = array("I")
+        self._selected_file = open(self.folder / "selected", "wb")
+        self._last_selected = -1
+        self.items = 0
         self.texts_scanned = 0
-        self._index: np.ndarray | None = None
+        self._frozen = False
 
-    def add_item(self, name: str, text: str) -> None:
+    def add_item(self, name: str, text: str) -> int:
+        """Add a held-out item; returns its number (0, 1, ...), which `select` takes."""
+        if self._frozen:
+            raise RuntimeError("NgramOverlap is frozen")
         keys = ngram_keys(text, self.n)
-        self._keys.extend(keys.tolist())
-        self._owner.extend([len(self.items)] * len(keys))
-        self.items.append(name)
+        self._held.add(keys, np.full(len(keys), self.items, dtype=np.int64))
+        self._names.write(json.dumps(name, ensure_ascii=False) + "\n")
+        self.items += 1
+        return self.items - 1
 
     def freeze(self) -> None:
-        keys = np.frombuffer(self._keys, dtype=np.int64) if self._keys else np.zeros(0, np.int64)
-        self._owner_of = np.frombuffer(self._owner, dtype=np.uint32).copy() if self._owner else np.zeros(0, np.uint32)
-        self._index, self._slot, self._held_df = np.unique(keys, return_inverse=True, return_counts=True)
-        self._train_df = np.zeros(len(self._index), dtype=np.uint32)
-        self._keys, self._owner = array("q"), array("I")
+        self._held.close()
+        self._names.close()
+        self._frozen = True
 
     def scan(self, text: str) -> None:
-        """Count the held-out n-grams that occur in this training text."""
+        """Note the n-grams of this training text (only if there are held-out n-grams to compare with)."""
         self.texts_scanned += 1
-        if not len(self._index):
-            return
-        keys = ngram_keys(text, self.n)
-        pos = np.searchsorted(self._index, keys)
-        inside = pos < len(self._index)
-        pos, keys = pos[inside], keys[inside]
-        self._train_df[pos[self._index[pos] == keys]] += 1  # keys are distinct, so positions are too
+        if self._held.records:
+            self._train.add(ngram_keys(text, self.n))
 
-    def report(self, names: set[str] | None = None, examples: int = 10) -> dict:
-        """Items (restricted to `names` if given) with at least one non-boilerplate n-gram seen in training."""
-        boiler = (self._held_df.astype(np.int64) + self._train_df) > self.boilerplate_docs
-        content = ~boiler[self._slot]
-        hit = content & (self._train_df[self._slot] > 0)
-        n_grams = np.bincount(self._owner_of[content], minlength=len(self.items))
-        n_hit = np.bincount(self._owner_of[hit], minlength=len(self.items))
-        chosen = [i for i, name in enumerate(self.items) if names is None or name in names]
-        flagged = [i for i in chosen if n_hit[i] > 0]
+    def select(self, item: int) -> None:
+        """Restrict the report to selected items (e.g. those actually written); numbers must come in order."""
+        if item <= self._last_selected:
+            raise ValueError(f"items must be selected in increasing order ({item} after {self._last_selected})")
+        self._last_selected = item
+        self._selected.append(item)
+        if len(self._selected) >= 1 << 14:
+            self._selected_file.write(self._selected.tobytes())
+            self._selected = array("I")
+
+    def _join(self) -> int:
+        """Per partition: held-out n-gram -> in how many held-out and training texts; write (item, hit) for each
+        content n-gram into item blocks. Returns the number of boilerplate n-grams."""
+        boiler_total = 0
+        for part in range(self.parts):
+            held = [chunk for chunk in self._held.read(part)]
+            if not held:
+                continue
+            held = np.concatenate(held)
+            keys, owners = held[:, 0], held[:, 1]
+            index, slot, held_df = np.unique(keys, return_inverse=True, return_counts=True)
+            train_df = np.zeros(len(index), dtype=np.int64)
+            for chunk in self._train.read(part, chunk_records=1 << 16):
+                pos = np.searchsorted(index, chunk)
+                inside = pos < len(index)
+                pos, chunk = pos[inside], chunk[inside]
+                # Keys are distinct within a text, so a text counts once per n-gram.
+                train_df += np.bincount(pos[index[pos] == chunk], minlength=len(index))
+            boiler = (held_df + train_df) > self.boilerplate_docs
+            boiler_total += int(boiler.sum())
+            content = ~boiler[slot]
+            hit = (train_df[slot] > 0) & content
+            records = (owners[content] * 2 + hit[content]).astype(np.int64)
+            blocks = records // 2 // self.ITEM_BLOCK
+            for block in np.unique(blocks).tolist():
+                with open(self.folder / f"items.{block}", "ab") as fh:
+                    fh.write(records[blocks == block].tobytes())
+        return boiler_total
+
+    def _selected_items(self) -> Iterator[int]:
+        with open(self.folder / "selected", "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                yield from array("I", chunk)
+
+    def report(self, only_selected: bool = False, examples: int = 10) -> dict:
+        """Items (only the selected ones if asked) with at least one non-boilerplate n-gram seen in training."""
+        if not self._frozen:
+            self.freeze()
+        self._train.close()
+        self._selected_file.write(self._selected.tobytes())
+        self._selected_file.close()
+        boiler_total = self._join()
+        selected = self._selected_items() if only_selected else None
+        next_selected = next(selected, None) if selected is not None else None
+        chosen = with_ngrams = overlapping = 0
+        best: list[tuple] = []
+        with open(self.folder / "names", encoding="utf-8") as names:
+            for base in range(0, self.items, self.ITEM_BLOCK):
+                size = min(self.ITEM_BLOCK, self.items - base)
+                path = self.folder / f"items.{base // self.ITEM_BLOCK}"
+                records = np.fromfile(path, dtype=np.int64) if path.exists() else np.zeros(0, np.int64)
+                owner = records // 2 - base
+                n_grams = np.bincount(owner, minlength=size).tolist()
+                n_hit = np.bincount(owner[records % 2 == 1], minlength=size).tolist()
+                for i in range(size):
+                    name = json.loads(names.readline())
+                    if selected is not None:
+                        if next_selected != base + i:
+                            continue
+                        next_selected = next(selected, None)
+                    chosen += 1
+                    with_ngrams += n_grams[i] > 0
+                    if n_hit[i]:
+                        overlapping += 1
+                        best.append((-n_hit[i] / n_grams[i], name, n_hit[i], n_grams[i]))
+                        if len(best) > 8 * examples:  # keep the candidates for the examples bounded
+                            best.sort()
+                            del best[examples:]
+        best.sort()
         return {
             "ngram": self.n,
             "boilerplate_docs": self.boilerplate_docs,
-            "boilerplate_ngrams_ignored": int(boiler.sum()),
+            "boilerplate_ngrams_ignored": boiler_total,
             "training_texts_scanned": self.texts_scanned,
-            "items": len(chosen),
-            "items_with_ngrams": sum(1 for i in chosen if n_grams[i] > 0),
-            "items_overlapping": len(flagged),
-            "share_overlapping": round(len(flagged) / len(chosen), 6) if chosen else 0.0,
-            "examples": [{"item": self.items[i], "overlapping_ngrams": int(n_hit[i]), "ngrams": int(n_grams[i])}
-                         for i in sorted(flagged, key=lambda i: (-n_hit[i] / n_grams[i], self.items[i]))[:examples]],
+            "items": chosen,
+            "items_with_ngrams": with_ngrams,
+            "items_overlapping": overlapping,
+            "share_overlapping": round(overlapping / chosen, 6) if chosen else 0.0,
+            "examples": [{"item": name, "overlapping_ngrams": hit, "ngrams": grams}
+                         for _, name, hit, grams in best[:examples]],
         }

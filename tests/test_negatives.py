@@ -9,7 +9,7 @@ from agenttune import mix
 from agenttune.data import SPLITS, FormatError, assign_split, format_samples, read_samples
 from agenttune.demo.generator import generate_traces
 from agenttune.demo.tools import TOOLS_BY_NAME
-from agenttune.render.negatives import ToolListIndex, TopK, mined_trace, terms
+from agenttune.render.negatives import ToolListIndex, mined_trace, terms
 
 from conftest import shared_data
 
@@ -25,7 +25,7 @@ def test_bm25_picks_the_tool_list_a_query_overlaps_most():
     for tools in ([WEATHER, CALC], [SEARCH, EMAIL], [WEATHER, CALC], [CALC]):
         index.add(tools)
     index.freeze()
-    assert len(index.lists) == 3  # the repeated list is stored once
+    assert len(index) == 3  # the repeated list is stored once
     score, best = index.best("Will the weather be warm tomorrow, and what is the temperature?")
     assert best == 0 and score > 0
     assert index.best("Send an email to my boss")[1] == 1
@@ -37,14 +37,7 @@ def test_capacity_bounds_the_index():
     for tools in ([WEATHER], [SEARCH], [CALC], [WEATHER]):
         index.add(tools)
     index.freeze()
-    assert [t[0]["name"] for t in index.lists] == ["get_weather", "web_search"] and index.full
-
-
-def test_topk_keeps_the_hardest():
-    top = TopK(3)
-    for i, score in enumerate([0.5, 3.0, 1.0, 9.0, 2.0, 3.0]):
-        top.push(score, i / 10, i)
-    assert [(s, p) for s, _, p in top.items()] == [(9.0, 3), (3.0, 5), (3.0, 1)]
+    assert [index.tools(i)[0]["name"] for i in range(len(index))] == ["get_weather", "web_search"] and index.full
 
 
 def test_mined_trace_offers_tools_and_keeps_the_answer():

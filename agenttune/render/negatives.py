@@ -6,8 +6,7 @@ Gives: `ToolListIndex`, a BM25 index (Robertson & Zaragoza; k1 = 1.5, b = 0.75) 
 tool list (its tools' names, descriptions and parameter names and descriptions); `best(query)` returns the
 highest-scoring list and its score. A query that shares rare words with a tool list ("weather" with
 get_weather) scores high: such a query is a *hard* negative, because a model that merely pattern-matches on
-words would call a tool when the right move is to answer. `TopK` keeps the k highest-scoring candidates
-(hardest first) in bounded memory while the queries stream past.
+words would call a tool when the right move is to answer. (agenttune.data takes the hardest ones first.)
 `mined_trace(general_trace, tools)` builds the negative: the general conversation, now offered those tools.
 
 Caveat: a general query can genuinely need one of the offered tools ("what is 17 * 23?" next to a calculator);
@@ -16,7 +15,7 @@ lexical scoring cannot tell. `min_score` keeps weak matches out; look at the har
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 import json
 import math
 import re
@@ -57,38 +56,47 @@ def tool_list_key(tools: list[dict]) -> str:
 
 
 class ToolListIndex:
-    """Distinct tool lists, in the order first added, up to `capacity`; BM25 over them once frozen."""
+    """Distinct tool lists, in the order first added, up to `capacity`; BM25 over them once frozen.
+
+    Lists are kept as compact JSON text and recognised by a 64-bit digest (a few KiB per list instead of the
+    parsed dicts' ~10 KiB); their BM25 term counts are computed once, at freeze."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.lists: list[list[dict]] = []
-        self._keys: dict[str, int] = {}
-        self._docs: list[Counter] = []
+        self._json: list[str] = []
+        self._keys: dict[bytes, int] = {}
         self.full = False  # True once a new list had to be turned away: memory stays bounded by capacity
+
+    def __len__(self) -> int:
+        return len(self._json)
+
+    def tools(self, i: int) -> list[dict]:
+        """The i-th tool list, as it was added."""
+        return json.loads(self._json[i])
 
     def add(self, tools: list[dict]) -> None:
         if not tools or self.full:
             return
-        key = tool_list_key(tools)
+        key = hashlib.blake2b(tool_list_key(tools).encode("utf-8"), digest_size=8).digest()
         if key in self._keys:
             return
-        if len(self.lists) >= self.capacity:
+        if len(self._json) >= self.capacity:
             self.full = True
             return
-        self._keys[key] = len(self.lists)
-        self.lists.append(tools)
-        self._docs.append(Counter(terms(tool_list_text(tools))))
+        self._keys[key] = len(self._json)
+        self._json.append(json.dumps(tools, ensure_ascii=False, separators=(",", ":")))
 
     def freeze(self) -> None:
         self._keys = {}  # only needed while adding
-        n = len(self._docs)
-        lengths = np.array([sum(d.values()) for d in self._docs], dtype=np.float64)
+        docs = [Counter(terms(tool_list_text(self.tools(i)))) for i in range(len(self))]
+        n = len(docs)
+        lengths = np.array([sum(d.values()) for d in docs], dtype=np.float64)
         avg = float(lengths.mean()) if n else 0.0
         df: Counter = Counter()
-        for doc in self._docs:
+        for doc in docs:
             df.update(doc.keys())
         postings: dict[str, tuple[list[int], list[float]]] = {}
-        for i, doc in enumerate(self._docs):
+        for i, doc in enumerate(docs):
             norm = K1 * (1 - B + B * lengths[i] / avg) if avg else K1
             for term, tf in sorted(doc.items()):
                 idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
@@ -96,42 +104,18 @@ class ToolListIndex:
                 entry[0].append(i)
                 entry[1].append(idf * tf * (K1 + 1) / (tf + norm))
         self._postings = {t: (np.array(ix, dtype=np.int64), np.array(w)) for t, (ix, w) in postings.items()}
-        self._docs = []
 
     def best(self, query: str) -> tuple[float, int]:
         """(score, list index) of the best-matching tool list; (0.0, -1) when nothing overlaps."""
-        if not self.lists:
+        if not self._json:
             return 0.0, -1
-        scores = np.zeros(len(self.lists))
+        scores = np.zeros(len(self._json))
         for term in sorted(set(terms(query))):  # fixed order: float sums are then the same on every run
             hit = self._postings.get(term)
             if hit is not None:
                 scores[hit[0]] += hit[1]
         i = int(np.argmax(scores))
         return (float(scores[i]), i) if scores[i] > 0 else (0.0, -1)
-
-
-class TopK:
-    """The k largest (score, tiebreak, payload) seen, in bounded memory; `items()` gives them hardest first."""
-
-    def __init__(self, k: int):
-        self.k = k
-        self._heap: list[tuple] = []
-
-    def push(self, score: float, tiebreak: float, payload) -> None:
-        if self.k <= 0:
-            return
-        item = (score, tiebreak, payload)
-        if len(self._heap) < self.k:
-            heapq.heappush(self._heap, item)
-        elif item[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, item)
-
-    def items(self) -> list[tuple]:
-        return sorted(self._heap, key=lambda it: (-it[0], -it[1]))
-
-    def __len__(self) -> int:
-        return len(self._heap)
 
 
 def mined_trace(general: dict, tools: list[dict], score: float) -> dict:
