@@ -159,3 +159,19 @@ class Partitions:
                 yield data.reshape(-1, self.width) if self.width > 1 else data
                 if step < 0:
                     return
+
+
+class SeenSet:
+    """A set on disk (one SQLite table): `key in seen`, `seen.add(key)`; keys are str or bytes."""
+
+    def __init__(self, scratch: Scratch, name: str):
+        self.db, self.name = scratch.db, name
+        self.db.execute(f"CREATE TABLE {name} (k PRIMARY KEY) WITHOUT ROWID")
+        self._contains = f"SELECT 1 FROM {name} WHERE k = ?"
+        self._add = f"INSERT OR IGNORE INTO {name} VALUES (?)"
+
+    def __contains__(self, key: str | bytes) -> bool:
+        return self.db.execute(self._contains, (key,)).fetchone() is not None
+
+    def add(self, key: str | bytes) -> None:
+        self.db.execute(self._add, (key,))

@@ -3,12 +3,14 @@
 What it measures, all in one run, each measurement in a fresh Python process (so peak RSS is that job's own):
   - floor:    a process that imports agenttune.data and does nothing (interpreter + numpy + package);
   - baseline: read every trace line, json.loads, json.dumps, write: the I/O and JSON floor of any streaming stage;
+  - ingest:   the ingest stage (agenttune.traces.ingest) on the same file as one canonical source: validation,
+              duplicate ids and content, accounting;
   - format:   format_samples with every template and tool format, the 4:1 ratio filled by no-tool traces then
               mined negatives, general chat mixed at eta = 0.5, cross-split dedup and the n-gram report, on
               N demo traces (agenttune.demo) plus N general-chat items, for each N in --sizes.
-Reported: traces/s and samples/s of format; format's time over baseline's time on the same input (how much
+Reported: traces/s and samples/s of format, records/s of ingest; format's time over baseline's time on the same input (how much
 work formatting adds over just reading and writing the JSON); peak RSS per size and its growth from the
-smallest to the largest size (streaming: it should stay flat while the input grows 10x).
+smallest to the largest size, for ingest and format (streaming: it should stay flat while the input grows).
 
 Usage: .venv/bin/python bench/bench_format.py [--sizes 10000 100000] [--workdir /tmp/bench_format]
 Prints a JSON summary (also written to <workdir>/summary.json).
@@ -88,6 +90,19 @@ seconds = time.perf_counter() - t0
 print(json.dumps({{"lines": n, "seconds": round(seconds, 3), "rss_mib": round(rss, 1)}}))
 """
 
+INGEST = f"""
+import json, sys, time
+from agenttune.traces.ingest import SourceSpec, ingest
+src, out = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+stats = ingest([SourceSpec("bench", src, "canonical")], out + "/traces.jsonl", out + "/quarantine.jsonl",
+               out + "/ingest_stats.json")
+seconds = time.perf_counter() - t0
+{RSS}
+print(json.dumps({{"read": stats["total"]["read"], "kept": stats["total"]["kept"], "seconds": round(seconds, 3),
+                  "rss_mib": round(rss, 1)}}))
+"""
+
 FORMAT = f"""
 import json, sys, time
 from agenttune.data import format_samples
@@ -119,6 +134,7 @@ def main() -> None:
         if not src.exists():
             _child(GENERATE, str(n), str(src))
         base = _child(BASELINE, str(src), str(work / f"copy-{n}.jsonl"))
+        ing = _child(INGEST, str(src), str(work / f"ingest-{n}"))
         fmt = _child(FORMAT, str(src), str(work / f"out-{n}"), json.dumps(CFG))
         rows.append({
             "demo_traces": n, "input_lines": base["lines"], "input_mib": round(src.stat().st_size / 2**20, 1),
@@ -126,6 +142,8 @@ def main() -> None:
             "format_s": fmt["seconds"], "baseline_s": base["seconds"],
             "format_over_baseline": round(fmt["seconds"] / base["seconds"], 2),
             "traces_per_s": round(fmt["traces"] / fmt["seconds"]), "samples_per_s": round(fmt["samples"] / fmt["seconds"]),
+            "ingest_s": ing["seconds"], "ingest_records_per_s": round(ing["read"] / ing["seconds"]),
+            "ingest_kept": ing["kept"], "ingest_peak_rss_mib": ing["rss_mib"],
             "format_peak_rss_mib": fmt["rss_mib"], "baseline_peak_rss_mib": base["rss_mib"],
             "ratio_train": fmt["ratio_train"], "eta_train": fmt["eta_train"],
         })
@@ -137,6 +155,7 @@ def main() -> None:
         "runs": rows,
         "input_growth": round(large["input_lines"] / small["input_lines"], 2),
         "peak_rss_growth": round(large["format_peak_rss_mib"] / small["format_peak_rss_mib"], 3),
+        "ingest_peak_rss_growth": round(large["ingest_peak_rss_mib"] / small["ingest_peak_rss_mib"], 3),
         "peak_rss_above_floor_growth": round((large["format_peak_rss_mib"] - floor["rss_mib"])
                                              / (small["format_peak_rss_mib"] - floor["rss_mib"]), 3),
     }

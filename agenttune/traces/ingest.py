@@ -14,7 +14,8 @@ Checks, beyond validate_trace: call arguments that are not (valid JSON) objects,
 argument of its tool's schema, duplicate ids (within and across sources), and exact duplicates (same tools and
 messages as a kept trace: counted as deduplicated, not quarantined; checked before the id, so a repeated record
 is a duplicate, while a different record reusing an id is quarantined).
-Memory holds only the seen ids and content hashes. A source that cannot be read at all (missing file, not JSON,
+The seen ids and content hashes wait on disk (agenttune.spill.SeenSet, in a scratch folder beside out_path that
+is removed at the end), so memory does not grow with the number of records. A source that cannot be read at all (missing file, not JSON,
 wrong top-level type, unknown format) raises IngestError and nothing is written.
 """
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from agenttune.spill import Scratch, SeenSet
 from agenttune.traces.canonical import TraceError, validate_trace
 from agenttune.traces.readers import RawError, RawRecord, UnreadableFile, get_reader
 
@@ -118,7 +120,7 @@ def _to_trace(reader, record: RawRecord, source: str, trace_id: str) -> dict:
     return trace
 
 
-def _ingest_source(spec: SourceSpec, out, quarantine, seen_ids: set, seen_content: set) -> dict:
+def _ingest_source(spec: SourceSpec, out, quarantine, seen_ids: SeenSet, seen_content: SeenSet) -> dict:
     try:
         reader = get_reader(spec.format)
     except ValueError as exc:
@@ -183,9 +185,10 @@ def _atomic_outputs(*paths: Path):
 
 def ingest(sources: list[SourceSpec], out_path, quarantine_path, stats_path) -> dict:
     """Read every source, write kept traces, quarantine and stats; return the stats dict."""
-    seen_ids: set[str] = set()
-    seen_content: set[bytes] = set()
-    with _atomic_outputs(Path(out_path), Path(quarantine_path), Path(stats_path)) as (out, quarantine, stats_file):
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_outputs(Path(out_path), Path(quarantine_path), Path(stats_path)) as (out, quarantine, stats_file), \
+            Scratch(Path(out_path).parent) as scratch:
+        seen_ids, seen_content = SeenSet(scratch, "ids"), SeenSet(scratch, "content")
         per_source = [_ingest_source(spec, out, quarantine, seen_ids, seen_content) for spec in sources]
         total_kinds: Counter = Counter()
         for stats in per_source:
