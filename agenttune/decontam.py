@@ -95,7 +95,7 @@ class NgramOverlap:
     time, then adds up per item in blocks of items, reading the item names back from a file in order. Pick
     `parts` so that one partition fits comfortably in memory (agenttune.data: one per 4 MiB of input)."""
 
-    ITEM_BLOCK = 1 << 16
+    ITEM_BLOCK = 1 << 12
 
     def __init__(self, n: int, boilerplate_docs: int, folder: str | Path | None = None, parts: int = 4):
         self.n, self.boilerplate_docs, self.parts = n, boilerplate_docs, parts
