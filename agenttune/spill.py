@@ -17,6 +17,7 @@ Nothing here changes a result: it only decides where the numbers wait between pa
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -39,10 +40,13 @@ def signed64(key: int) -> int:
 
 class Scratch:
     """A scratch folder (removed on close) and a SQLite database in it, tuned for one writer and no durability:
-    if the process dies, the stage starts over and the folder is left behind for the next run to ignore."""
+    if the process is killed, the stage starts over, and the next Scratch in the same place removes the folder
+    the dead process left behind."""
 
     def __init__(self, parent: str | Path | None = None):
-        self.dir = Path(tempfile.mkdtemp(prefix=".scratch-", dir=parent))
+        parent = Path(parent if parent is not None else tempfile.gettempdir())
+        _remove_stale(parent)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".scratch-{os.getpid()}-", dir=parent))
         self.db = sqlite3.connect(self.dir / "state.sqlite", isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE", "temp_store=FILE",
                        f"cache_size=-{CACHE_KIB}"):
@@ -63,6 +67,20 @@ class Scratch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove scratch folders of processes that no longer exist (a killed run's leftovers)."""
+    for path in parent.glob(".scratch-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # someone else's live process
+            pass
 
 
 class Batched:

@@ -3,6 +3,7 @@ back complete and in order, the disk-backed n-gram report equals a direct in-mem
 leaves no scratch files behind."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -118,3 +119,20 @@ def test_duplicate_id_found_across_insert_batches(tmp_path):
     with pytest.raises(FormatError, match=r"t.jsonl:5001: id=%s: duplicate trace id \(first at .*t.jsonl:11\)"
                        % traces[10]["id"]):
         format_samples([src], tmp_path / "out", CFG, seed=1)
+
+
+def test_scratch_removes_a_dead_process_leftovers(tmp_path):
+    import subprocess
+    import sys
+
+    from agenttune.spill import Scratch
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".scratch-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "state.sqlite").write_text("x")
+    live = tmp_path / f".scratch-{os.getpid()}-def"  # this process: alive, kept
+    live.mkdir()
+    with Scratch(tmp_path) as scratch:
+        assert scratch.dir.exists() and not stale.exists() and live.exists()
+    assert not scratch.dir.exists()
