@@ -72,10 +72,15 @@ def score_predictions(pred_path: str | Path, lam: float, fuzzy: str) -> dict:
     bfcl_rows = [r for r in per_item if "bfcl_category" in r]
     if bfcl_rows:
         cats: dict[str, list[float]] = defaultdict(list)
+        names: dict[str, list[float]] = defaultdict(list)
         for r in bfcl_rows:
             cats[r["bfcl_category"]].append(1.0 if r["bfcl_correct"] else 0.0)
+            if r["bfcl_category"] != "irrelevance":  # function-name EM of the first call (no call: 0)
+                names[r["bfcl_category"]].append(r["em"])
         per_cat = {c: {"n": len(v), "accuracy": sum(v) / len(v), "accuracy_ci": _rate_ci(v)}
                    for c, v in sorted(cats.items())}
+        for c, v in names.items():
+            per_cat[c].update(name_em=sum(v) / len(v), name_em_ci=_rate_ci(v))
         allv = [1.0 if r["bfcl_correct"] else 0.0 for r in bfcl_rows]
         result["bfcl"] = {"categories": per_cat, "n": len(allv), "accuracy": sum(allv) / len(allv),
                           "accuracy_ci": _rate_ci(allv),

@@ -425,6 +425,14 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
                         + [f"{_fmt(b['categories'][c]['accuracy'])} {_ci(b['categories'][c]['accuracy_ci'], 2)}"
                            for c in cats])
         doc.table(["model", "items", "accuracy [CI]", "category mean"] + cats, rows)
+        named = [c for c in cats if "name_em" in bench_scores["bfcl"][models[0]]["bfcl"]["categories"][c]]
+        if named:
+            doc.p("Function-name exact match of the first call, per category (a reply without a call, or a "
+                  "malformed one, counts as a miss): did the model pick the right function, whatever its arguments.")
+            doc.table(["model"] + named,
+                      [[m] + [f"{_fmt(cat['name_em'])} {_ci(cat['name_em_ci'], 2)}"
+                              for cat in (bench_scores["bfcl"][m]["bfcl"]["categories"][c] for c in named)]
+                       for m in models])
 
     doc.h(2, "General ability")
     if general_info and general:

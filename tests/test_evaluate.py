@@ -226,7 +226,14 @@ def test_bfcl_ast_scoring_by_category(tmp_path):
                  bfcl=simple),
             pred("s2", {"name": "calc_area", "arguments": {"base": 10, "height": 5}}, "no idea", template="tool_call",
                  bfcl=simple),
+            pred("s3", {"name": "calc_area", "arguments": {"base": 10, "height": 5}}, call.replace("10", "11"),
+                 template="tool_call", bfcl=simple),  # right function, wrong argument: name-EM yes, AST no
             pred("i1", None, "I cannot help.", template="tool_call", bfcl=irrelevance)]
+    s = score_predictions(write_jsonl(tmp_path / "p.jsonl", rows), 0.5, "bleu")
+    assert s["bfcl"]["categories"]["simple"]["accuracy"] == pytest.approx(1 / 3)
+    assert s["bfcl"]["categories"]["simple"]["name_em"] == pytest.approx(2 / 3)
+    assert "name_em" not in s["bfcl"]["categories"]["irrelevance"]
+    rows.pop(2)
     s = score_predictions(write_jsonl(tmp_path / "p.jsonl", rows), 0.5, "bleu")
     assert s["bfcl"]["categories"]["simple"]["accuracy"] == pytest.approx(0.5)
     assert s["bfcl"]["categories"]["irrelevance"]["accuracy"] == pytest.approx(1.0)
