@@ -366,10 +366,10 @@ class _Stage:
         self.overlap = NgramOverlap(d["ngram"], d["boilerplate_docs"], self.scratch.path("ngrams"), parts)
         self.db.execute("CREATE TABLE ids (k INTEGER PRIMARY KEY)")
         self.db.execute("CREATE TABLE held (kind INTEGER, k INTEGER, rank INTEGER, PRIMARY KEY (kind, k)) WITHOUT ROWID")
-        ids = Batched(self.db, "INSERT INTO ids VALUES (?)")
+        # Ids by 64-bit key; a key seen twice (INSERT OR IGNORE keeps one row) sends pass 1's end to a rescan.
+        ids = Batched(self.db, "INSERT OR IGNORE INTO ids VALUES (?)")
         held = Batched(self.db, "INSERT INTO held VALUES (?, ?, ?) ON CONFLICT (kind, k) DO UPDATE SET "
                                 "rank = min(rank, excluded.rank)")
-        ids_checked = False
         self.tool_lists = {s: ToolListIndex(self.max_tool_lists) for s in SPLITS}
         self.upper_positives = Counter()
         self.read_by_role: Counter = Counter()
@@ -385,13 +385,7 @@ class _Stage:
             self.read_by_role[self.roles.get(trace["source"], "traces")] += 1
             self.read_by_source[trace["source"]] += 1
             self.moved[why] += 1
-            if not ids_checked:
-                try:
-                    ids.add(signed64(exact_key(trace["id"])))
-                except sqlite3.IntegrityError:
-                    # Two ids share a 64-bit key: find the real duplicate (or a key collision, then go on).
-                    self._raise_duplicate_id()
-                    ids_checked = True
+            ids.add(signed64(exact_key(trace["id"])))
             if split in ("val", "test"):
                 text = query_key_text(trace)
                 rank = 0 if split == "test" else 1
@@ -403,11 +397,9 @@ class _Stage:
                 trace, _ = self.strip_holdout(trace, split)
                 self.upper_positives[split] += self.sample_count(trace, split, category)
                 self.tool_lists[split].add(trace["tools"])
-        if not ids_checked:
-            try:
-                ids.flush()
-            except sqlite3.IntegrityError:
-                self._raise_duplicate_id()
+        ids.flush()
+        if self._one("SELECT count(*) FROM ids") != sum(self.read_by_role.values()):
+            self._raise_duplicate_id()  # a real duplicate raises; a mere 64-bit key collision does not
         held.flush()
         self.db.execute("DROP TABLE ids")
         self.codes.close()
@@ -461,10 +453,10 @@ class _Stage:
                 u = self.select_u(trace["id"])
                 score, best = None, None
                 if mining:
-                    s_, b_ = self.tool_lists[split].best(query_text(trace))
-                    if b_ >= 0 and s_ > self.min_score:
+                    top_score, top_list = self.tool_lists[split].best(query_text(trace))
+                    if top_list >= 0 and top_score > self.min_score:
                         self.mined_scored[split] += 1
-                        score, best = float(s_), int(b_)
+                        score, best = float(top_score), int(top_list)
                 if split != "test" or score is not None:
                     gen.add(pos, SPLITS.index(split), u, score, best)
         cand.flush()
@@ -472,6 +464,9 @@ class _Stage:
         codes.close()
         self.codes = codes
         self.plan_splits()
+
+    def _one(self, sql: str, *params):
+        return self.db.execute(sql, params).fetchone()[0]
 
     def _smallest(self, sql: str, params: tuple, n: int, k: int) -> float:
         """A threshold t with exactly k of the n values selected by `sql` (ordered by u) <= t; -1 when k is 0
@@ -487,11 +482,10 @@ class _Stage:
         self.plan: dict[str, dict] = {}
         per_negative = self.per_negative
         self.db.execute("CREATE TABLE mined (pos INTEGER PRIMARY KEY, best INTEGER, score REAL)")
-        one = lambda sql, *params: self.db.execute(sql, params).fetchone()[0]  # noqa: E731
         for si, split in enumerate(SPLITS):
             p, fixed = self.positives[split], self.fixed[split]
-            available = {"user": one("SELECT count(*) FROM cand WHERE split = ? AND kind = 0", si),
-                         "no_tool": one("SELECT count(*) FROM cand WHERE split = ? AND kind = 1", si),
+            available = {"user": self._one("SELECT count(*) FROM cand WHERE split = ? AND kind = 0", si),
+                         "no_tool": self._one("SELECT count(*) FROM cand WHERE split = ? AND kind = 1", si),
                          "mined": min(self.mined_bound[split], self.mined_scored[split])}
             take = {}
             if self.ratio is None:  # no target: every user and no-tool negative, nothing mined
@@ -521,7 +515,7 @@ class _Stage:
             general = 0
             if split != "test" and self.eta < 1:
                 free_items = "FROM gen WHERE split = ? AND pos NOT IN (SELECT pos FROM mined)"
-                free = one(f"SELECT count(*) {free_items}", si)
+                free = self._one(f"SELECT count(*) {free_items}", si)
                 wanted = mix.general_target(p + negatives, self.eta)
                 general = min(wanted, free)
                 self.general_threshold[split] = self._smallest(f"SELECT u {free_items} ORDER BY u", (si,), free, general)

@@ -185,7 +185,6 @@ def _atomic_outputs(*paths: Path):
 
 def ingest(sources: list[SourceSpec], out_path, quarantine_path, stats_path) -> dict:
     """Read every source, write kept traces, quarantine and stats; return the stats dict."""
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with _atomic_outputs(Path(out_path), Path(quarantine_path), Path(stats_path)) as (out, quarantine, stats_file), \
             Scratch(Path(out_path).parent) as scratch:
         seen_ids, seen_content = SeenSet(scratch, "ids"), SeenSet(scratch, "content")
