@@ -159,7 +159,10 @@ def test_tiny_pipeline_through_slurm_matches_local_run(cluster):
     by_rule: dict[str, list[str]] = {}
     for _, slurm_id, log in submitted:
         assert Path(log).is_file(), f"no Slurm log {log}"
-        assert re.search(rf"Allocate JobId={slurm_id} NodeList=node\d", ctld_log), f"job {slurm_id} not allocated"
+        # The main scheduler logs "sched: Allocate JobId=N NodeList=nodeK"; the backfill scheduler, which starts a job
+        # when the main pass has not yet, logs "sched/backfill: _start_job: Started JobId=N in PART on nodeK".
+        started = rf"(?:Allocate JobId={slurm_id} NodeList=node\d|Started JobId={slurm_id} in \w+ on node\d)"
+        assert re.search(started, ctld_log), f"job {slurm_id} not allocated"
         info = scontrol_job(cluster, slurm_id)
         assert info["JobState"] == "COMPLETED", info
         rule = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", info["Comment"]).group(1)
