@@ -4,10 +4,13 @@ scoring speed. Ratios are measured in one run, against baselines from the same r
 Usage:
     .venv/bin/python bench/bench_generate.py [--model results/models/smollm2-135m-instruct] [--items 16]
         [--max-new-tokens 40] [--batch-size 8] [--threads 2] [--repeat 2] [--json out.json]
+        [--items-file results/<run>/eval/items/bfcl.jsonl]
 
 Workload: the held-out evaluation prompts of the demo data (ReAct prompts with tool lists, ~250-1000 tokens, the
 default pipeline's shape): demo traces are generated, rendered with the react template and cut into evaluation
-items exactly as the pipeline does. Each configuration decodes the same items greedily:
+items exactly as the pipeline does. With --items-file the workload is instead a seeded subset of a pipeline run's own
+evaluation items (e.g. the real-data run's BFCL items: shorter prompts, and an untuned model that answers at
+length), prompted exactly as agenttune.predict prompts them. Each configuration decodes the same items greedily:
   - hf one-by-one: transformers `generate()`, one prompt at a time (the conventional loop; the baseline);
   - exact one-by-one: this project's engine with batch size 1;
   - exact batched: the engine with --batch-size (continuous batching over a left-padded KV cache);
@@ -53,6 +56,18 @@ def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], 
     return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
 
 
+def items_file_prompts(tokenizer, path: Path, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
+    """A seeded subset of an evaluation items file, prompted as agenttune.predict does."""
+    from agenttune.benchmarks import select
+    from agenttune.render import get_template
+
+    with open(path, encoding="utf-8") as f:
+        items = select([json.loads(line) for line in f if line.strip()], n_items, seed)
+    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
+               for it in items]
+    return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
+
+
 def bench_generation(args) -> dict:
     import torch
 
@@ -61,7 +76,10 @@ def bench_generation(args) -> dict:
     torch.set_num_threads(args.threads)
     exact_model, tokenizer = load_for_generation(args.model, engine="exact", log=lambda _m: None)
     hf_model, _ = load_for_generation(args.model, engine="hf", log=lambda _m: None)
-    prompts, stops = eval_prompts(tokenizer, args.items)
+    if args.items_file:
+        prompts, stops = items_file_prompts(tokenizer, Path(args.items_file), args.items)
+    else:
+        prompts, stops = eval_prompts(tokenizer, args.items)
     prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     configs = {
         "hf one-by-one": (hf_model, "hf", 1),
@@ -97,7 +115,7 @@ def bench_generation(args) -> dict:
             row["decode_tokens_per_s"] = row["decode_tokens"] / row["decode_s"]
     eb, e1 = best["exact batched"], best["exact one-by-one"]
     return {
-        "model": str(args.model), "threads": args.threads, "items": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "model": str(args.model), "workload": args.items_file or "demo held-out (react)", "threads": args.threads, "items": len(prompts), "max_new_tokens": args.max_new_tokens,
         "prompt_tokens": {"total": sum(prompt_tokens), "min": min(prompt_tokens), "max": max(prompt_tokens)},
         "configs": best,
         "exact_batched_identical_to_one_by_one": identical,
@@ -153,6 +171,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "results" / "models" / "smollm2-135m-instruct"))
     ap.add_argument("--items", type=int, default=16)
+    ap.add_argument("--items-file", help="a pipeline run's evaluation items JSONL instead of the demo held-out items")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
