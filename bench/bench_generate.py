@@ -115,7 +115,8 @@ def bench_generation(args) -> dict:
             row["decode_tokens_per_s"] = row["decode_tokens"] / row["decode_s"]
     eb, e1 = best["exact batched"], best["exact one-by-one"]
     return {
-        "model": str(args.model), "workload": args.items_file or "demo held-out (react)", "threads": args.threads, "items": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "model": str(args.model), "workload": args.items_file or "demo held-out (react)", "threads": args.threads,
+        "items": len(prompts), "max_new_tokens": args.max_new_tokens,
         "prompt_tokens": {"total": sum(prompt_tokens), "min": min(prompt_tokens), "max": max(prompt_tokens)},
         "configs": best,
         "exact_batched_identical_to_one_by_one": identical,
