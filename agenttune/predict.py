@@ -17,6 +17,13 @@ PREDICTION_KEYS = ("id", "benchmark", "origin", "sample_id", "template", "tool_f
                    "expected", "reference", "bfcl", "review")
 
 
+def prompts_and_stops(tokenizer, items: list[dict]) -> tuple[list[str], list[tuple]]:
+    """Each item's chat-formatted prompt and its template's stop strings (what generation is given)."""
+    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
+               for it in items]
+    return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
+
+
 def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path, cfg: dict, seed: int,
             log=print) -> dict:
     """Generate for every item (greedy; each item stops at its own template's stop strings); return stats."""
@@ -33,9 +40,7 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
     stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
     if items:
         model, tokenizer = load_for_generation(model_dir, cfg.get("precision", "fp32"), cfg.get("engine", "exact"), log)
-        prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
-                   for it in items]
-        stops = [tuple(get_template(it["template"]).STOP) for it in items]
+        prompts, stops = prompts_and_stops(tokenizer, items)
         start = time.perf_counter()
         outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)
         stats["wall_s"] = round(time.perf_counter() - start, 3)

@@ -43,29 +43,23 @@ def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], 
     from agenttune.benchmarks import items_from_sample, select
     from agenttune.data import render_trace
     from agenttune.demo.generator import generate_traces
-    from agenttune.render import get_template
+    from agenttune.predict import prompts_and_stops
 
     traces = generate_traces(200, seed)
     items = []
     for k, trace in enumerate(traces):
         sample = render_trace(trace, "react", "react_list" if k % 3 else "json_schema")
         items.extend(items_from_sample(sample, "bench", "demo"))
-    items = select(items, n_items, seed)
-    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
-               for it in items]
-    return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
+    return prompts_and_stops(tokenizer, select(items, n_items, seed))
 
 
 def items_file_prompts(tokenizer, path: Path, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
     """A seeded subset of an evaluation items file, prompted as agenttune.predict does."""
+    from agenttune.atomic import read_jsonl
     from agenttune.benchmarks import select
-    from agenttune.render import get_template
+    from agenttune.predict import prompts_and_stops
 
-    with open(path, encoding="utf-8") as f:
-        items = select([json.loads(line) for line in f if line.strip()], n_items, seed)
-    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
-               for it in items]
-    return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
+    return prompts_and_stops(tokenizer, select(read_jsonl(path), n_items, seed))
 
 
 def bench_generation(args) -> dict:
