@@ -66,7 +66,9 @@ DEFAULTS = {
         "renders_per_trace": 1,
         "per_step": False,
         "chat_template_tools": "auto",
-        "negatives": {"ratio": 4, "order": ["user", "no_tool", "mined"], "max_tool_lists": 512, "min_score": 0.0},
+        "negatives": {"ratio": 4, "order": ["user", "no_tool", "mined"], "shares": {}, "max_tool_lists": 512,
+                      "min_score": 0.0},
+        "distractors": {"share": 0.0, "max": 3},
         "mix": {"eta": 1.0},
     },
 }
@@ -261,7 +263,14 @@ class _Stage:
         self.per_step = fmt["per_step"]
         neg = fmt["negatives"]
         self.ratio, self.order, self.min_score = neg["ratio"], list(neg["order"]), neg["min_score"]
+        self.shares = dict(neg["shares"])
+        if sum(self.shares.values()) > 1:
+            raise FormatError(f"format.negatives.shares add up to {sum(self.shares.values()):g}, more than 1")
+        if set(self.shares) - set(self.order):
+            raise FormatError(f"format.negatives.shares names {sorted(set(self.shares) - set(self.order))}, "
+                              f"which format.negatives.order does not list")
         self.max_tool_lists = neg["max_tool_lists"]
+        self.distractor_share, self.distractor_max = fmt["distractors"]["share"], fmt["distractors"]["max"]
         self.eta = fmt["mix"]["eta"]
         for role in roles.values():
             if role not in ROLES:
@@ -335,6 +344,28 @@ class _Stage:
         if self.per_step and split != "test" and category == "positive" and chosen != [passthrough.NAME]:
             return sum(_trained_steps(trace, t) for t in chosen)
         return len(chosen)
+
+    def with_distractors(self, trace: dict, split: str) -> tuple[dict, int]:
+        """A train/val tool trace offered extra tools from another tool list of its split (a share of traces,
+        chosen by hash), so that picking the right tool among several is learnt; the calls stay as they are."""
+        index = self.tool_lists[split]
+        if (split == "test" or not self.distractor_share or len(index) < 2
+                or (trace.get("meta") or {}).get("passthrough")
+                or _unit_interval("distract", self.seed, trace["id"]) >= self.distractor_share):
+            return trace, 0
+        own = {t["name"] for t in trace["tools"]}
+        start = int(_unit_interval("distract-list", self.seed, trace["id"]) * len(index))
+        for step in range(len(index)):  # the first list, from a hashed start, with a tool the trace lacks
+            extra = [t for t in index.tools((start + step) % len(index)) if t["name"] not in own]
+            if extra:
+                break
+        else:
+            return trace, 0
+        k = 1 + int(_unit_interval("distract-k", self.seed, trace["id"]) * self.distractor_max)
+        extra = extra[:k]
+        tools = sorted(trace["tools"] + extra,
+                       key=lambda t: _unit_interval("distract-pos", self.seed, trace["id"], t["name"]))
+        return {**trace, "tools": tools}, len(extra)
 
     def samples(self, trace: dict, split: str, category: str) -> list[dict]:
         out = []
@@ -497,9 +528,17 @@ class _Stage:
                 need = (2 * (target - fixed) + per_negative) // (2 * per_negative) if target > fixed else 0
                 for kind in NEGATIVE_KINDS:
                     take[kind] = 0
+                # Kinds with a share take it first (of the traces still needed); `order` fills what is left.
+                shared_need = need
                 for kind in self.order:
-                    take[kind] = min(need, available[kind])
-                    need -= take[kind]
+                    if kind in self.shares:
+                        take[kind] = min(need, available[kind],
+                                         mix.share_of(shared_need, self.shares[kind]))
+                        need -= take[kind]
+                for kind in self.order:
+                    extra = min(need, available[kind] - take[kind])
+                    take[kind] += extra
+                    need -= extra
             for ki, kind in enumerate(("user", "no_tool")):
                 self.threshold[(split, kind)] = self._smallest(
                     "SELECT u FROM cand WHERE split = ? AND kind = ? ORDER BY u", (si, ki), available[kind], take[kind])
@@ -557,6 +596,9 @@ class _Stage:
                         c[f"negative_kind:{sample['negative_kind']}"] += 1
                     if sample.get("general"):
                         c["general"] += 1
+                    if sample.get("distractors"):
+                        c["with_distractors"] += 1
+                        c["distractor_tools"] += sample["distractors"]
                     chars = sum(len(m["content"]) for m in sample["messages"])
                     trained = sum(len(m["content"]) for m in sample["messages"] if m["role"] == "assistant" and m["loss"])
                     lengths[split][0][chars] += 1
@@ -591,9 +633,12 @@ class _Stage:
                 if category in ("user", "no_tool") and self.select_u(trace["id"]) > self.threshold[(split, category)]:
                     outcome[(role, "unused_negative")] += 1
                     continue
+                distractors = 0
+                if category == "positive":
+                    trace, distractors = self.with_distractors(trace, split)
                 samples = self.samples(trace, split, category)
                 meta = trace.get("meta") or {}
-                extra = {}
+                extra = {"distractors": distractors} if distractors else {}
                 if category != "positive":
                     extra = {"kind": "no_tool", "negative_kind": "no_tool" if category == "fixed" else category}
                 if meta.get("eval_only"):

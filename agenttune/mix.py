@@ -30,6 +30,11 @@ def _round_half_up(x: Fraction) -> int:
     return math.floor(x + Fraction(1, 2))
 
 
+def share_of(n: int, share: float) -> int:
+    """round(n * share), exact and half up (a per-kind share of the negatives still needed)."""
+    return _round_half_up(n * _exact(share))
+
+
 def negatives_target(positives: int, ratio: float) -> int:
     if ratio <= 0:
         raise ValueError(f"ratio must be positive, got {ratio}")
