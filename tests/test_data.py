@@ -319,6 +319,73 @@ def test_samples_keep_the_evaluation_contract(tmp_path):
         assert sum(v for k, v in c.items() if k.startswith("tool_format:")) == c["samples"]
 
 
+def test_negative_shares_split_the_target_between_kinds(tmp_path):
+    src = _write(tmp_path / "t.jsonl", generate_traces(400, seed=21))
+    general = _write(tmp_path / "g.jsonl", _general(900))
+    roles = {"chat": "general"}
+    shares = _full_cfg(negatives={"order": ["mined", "no_tool"], "shares": {"mined": 0.5, "no_tool": 0.5}})
+    first = _full_cfg(negatives={"order": ["mined", "no_tool"]})
+    a = format_samples([src, general], tmp_path / "a", shares, seed=5, roles=roles)
+    b = format_samples([src, general], tmp_path / "b", first, seed=5, roles=roles)
+    for split in ("train", "val"):
+        ra, rb = a["ratio"][split], b["ratio"][split]
+        # The same number of negatives either way; with shares it is split half and half (half up), not mined only.
+        assert ra["negatives"] == rb["negatives"] and ra["target_negatives"] == rb["target_negatives"]
+        need = sum(ra["negatives_by_kind"][k] for k in ("mined", "no_tool"))  # traces (2 samples each)
+        assert rb["negatives_by_kind"]["no_tool"] == 0 or rb["candidates"]["mined"] < need
+        assert ra["negatives_by_kind"]["mined"] == min(ra["candidates"]["mined"], (need + 1) // 2)
+    taken = a["ratio"]["train"]["negatives_by_kind"]
+    assert taken["mined"] > 0 and taken["no_tool"] > 0
+    assert abs(taken["mined"] - taken["no_tool"]) <= 1
+    samples = _all(tmp_path / "a")["train"]
+    assert Counter(s.get("negative_kind") for s in samples)["mined"] == 2 * taken["mined"]
+    with pytest.raises(FormatError, match="add up to 1.2"):
+        format_samples([src], tmp_path / "c", _full_cfg(negatives={"shares": {"mined": 0.6, "no_tool": 0.6}}), seed=5)
+    with pytest.raises(FormatError, match="does not list"):
+        format_samples([src], tmp_path / "d", _full_cfg(negatives={"order": ["no_tool"], "shares": {"user": 0.5}}),
+                       seed=5)
+
+
+def test_distractor_tools_are_added_to_train_and_val_tool_traces_only(tmp_path):
+    traces = generate_traces(300, seed=22)
+    src = _write(tmp_path / "t.jsonl", traces)
+    by_id = {t["id"]: t for t in traces}
+    all_names = sorted({t["name"] for tr in traces for t in tr["tools"]}, key=len, reverse=True)
+    plain = format_samples([src], tmp_path / "plain", _full_cfg(), seed=3)
+    off = format_samples([src], tmp_path / "off", _full_cfg(distractors={"share": 0.0, "max": 3}), seed=3)
+    on = format_samples([src], tmp_path / "on", _full_cfg(distractors={"share": 1.0, "max": 2}), seed=3)
+    again = format_samples([src], tmp_path / "again", _full_cfg(distractors={"share": 1.0, "max": 2}), seed=3)
+    for split in SPLITS:
+        name = f"{split}.jsonl"
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "off" / name).read_bytes()
+        assert (tmp_path / "on" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    assert plain["splits"] == off["splits"] and "with_distractors" not in plain["splits"]["train"]
+    # Test items are the benchmark: left exactly as they were.
+    assert (tmp_path / "plain" / "test.jsonl").read_bytes() == (tmp_path / "on" / "test.jsonl").read_bytes()
+    with_extra = 0
+    for split in ("train", "val"):
+        plain_rows = {s["id"]: s for s in read_samples(tmp_path / "plain" / f"{split}.jsonl")}
+        for s in read_samples(tmp_path / "on" / f"{split}.jsonl"):
+            before = plain_rows[s["id"]]
+            calls = [m.get("tool_calls") for m in s["messages"]]
+            assert calls == [m.get("tool_calls") for m in before["messages"]]  # what is trained to call is unchanged
+            assert [m["content"] for m in s["messages"][1:]] == [m["content"] for m in before["messages"][1:]]
+            if s["kind"] != "tool" or s["template"] == "passthrough":
+                assert "distractors" not in s and s == before
+                continue
+            assert 1 <= s["distractors"] <= 2
+            with_extra += 1
+            system = s["messages"][0]["content"]
+            own = {t["name"] for t in by_id[s["trace_id"]]["tools"]} - {"translate"}  # held out (_full_cfg)
+            offered = set()
+            for n in all_names:  # longest first, so that a name inside another is not counted twice
+                if n in system:
+                    offered.add(n)
+                    system = system.replace(n, "")
+            assert own <= offered and len(offered - own) == s["distractors"]
+    assert with_extra == on["splits"]["train"]["with_distractors"] + on["splits"]["val"]["with_distractors"] > 0
+
+
 @pytest.mark.slow
 def test_rules_ingest_configured_sources_with_roles(tmp_path):
     """The ingest and format_samples rules on the tiny config plus two configured sources: a ShareGPT-tools file
