@@ -12,12 +12,13 @@ Gives `scores.json`:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from agenttune.atomic import read_jsonl
 from agenttune.parse import Call, parse
-from agenttune.score import aggregate, bfcl_match, bfcl_multi_match, bootstrap_ci, score_step
+from agenttune.score import (BFCL_OUTCOMES, aggregate, bfcl_match, bfcl_multi_match, bfcl_outcome, bootstrap_ci,
+                             score_step)
 
 SLICES = ("template", "tool_format", "source", "task", "kind")
 
@@ -61,6 +62,7 @@ def score_predictions(pred_path: str | Path, lam: float, fuzzy: str) -> dict:
         if p.get("bfcl"):
             ok, why = bfcl_correct(p["bfcl"], p["template"], p["output"])
             row["bfcl_category"], row["bfcl_correct"], row["bfcl_reason"] = p["bfcl"]["category"], ok, why
+            row["bfcl_outcome"], row["finish"] = bfcl_outcome(ok, why), p.get("finish", "")
         per_item.append(row)
     result = {"lambda": lam, "fuzzy": fuzzy, "summary": aggregate(steps, lam) if steps else {"n": 0},
               "slices": {}, "items": per_item}
@@ -81,6 +83,12 @@ def score_predictions(pred_path: str | Path, lam: float, fuzzy: str) -> dict:
                    for c, v in sorted(cats.items())}
         for c, v in names.items():
             per_cat[c].update(name_em=sum(v) / len(v), name_em_ci=_rate_ci(v))
+        for c in per_cat:
+            rows = [r for r in bfcl_rows if r["bfcl_category"] == c]
+            counts = Counter(r["bfcl_outcome"] for r in rows)
+            per_cat[c]["outcomes"] = {k: counts.get(k, 0) for k in BFCL_OUTCOMES}
+            # Replies cut at max_new_tokens: a no-call or malformed outcome among them may be a call not finished.
+            per_cat[c]["cut_at_max_new_tokens"] = sum(r["finish"] == "length" for r in rows)
         allv = [1.0 if r["bfcl_correct"] else 0.0 for r in bfcl_rows]
         result["bfcl"] = {"categories": per_cat, "n": len(allv), "accuracy": sum(allv) / len(allv),
                           "accuracy_ci": _rate_ci(allv),

@@ -318,3 +318,24 @@ def bfcl_multi_match(calls: list[Call] | tuple[Call, ...], ground_truth_list: li
             why = [bfcl_match(call, gt, function_schemas)[1] for call in calls if call.name == name]
             return False, f"no call matches ground truth {i} ({name})" + (f": {why[0]}" if why else "")
     return True, ""
+
+
+# Why a BFCL item failed, from agenttune.evaluate.bfcl_correct's reason (the report's outcome table; per category
+# the counts add up to its items).
+BFCL_OUTCOMES = ("correct", "no_call", "false_call", "malformed", "wrong_function", "call_count", "arguments")
+
+
+def bfcl_outcome(ok: bool, why: str) -> str:
+    if ok:
+        return "correct"
+    if why == "no call":
+        return "no_call"
+    if why == "called a function":
+        return "false_call"
+    if why.startswith("malformed"):
+        return "malformed"
+    if why.startswith("wrong function name"):
+        return "wrong_function"
+    if why.startswith("expected ") and " call" in why:
+        return "call_count"
+    return "arguments"

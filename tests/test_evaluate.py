@@ -229,6 +229,18 @@ def test_bfcl_ast_scoring_by_category(tmp_path):
             pred("s3", {"name": "calc_area", "arguments": {"base": 10, "height": 5}}, call.replace("10", "11"),
                  template="tool_call", bfcl=simple),  # right function, wrong argument: name-EM yes, AST no
             pred("i1", None, "I cannot help.", template="tool_call", bfcl=irrelevance)]
+    rows += [pred("s4", {"name": "calc_area", "arguments": {"base": 10, "height": 5}}, call.replace("calc_area", "area"),
+                  template="tool_call", bfcl=simple),
+             pred("i2", None, call, template="tool_call", bfcl=irrelevance),
+             pred("i3", None, "<tool_call>\n{broken", template="tool_call", bfcl=irrelevance, finish="length")]
+    s = score_predictions(write_jsonl(tmp_path / "p.jsonl", rows), 0.5, "bleu")
+    assert s["bfcl"]["categories"]["simple"]["outcomes"] == {
+        "correct": 1, "no_call": 1, "false_call": 0, "malformed": 0, "wrong_function": 1, "call_count": 0, "arguments": 1}
+    assert s["bfcl"]["categories"]["irrelevance"]["outcomes"] == {
+        "correct": 1, "no_call": 0, "false_call": 1, "malformed": 1, "wrong_function": 0, "call_count": 0, "arguments": 0}
+    assert s["bfcl"]["categories"]["irrelevance"]["cut_at_max_new_tokens"] == 1
+    assert s["bfcl"]["categories"]["simple"]["cut_at_max_new_tokens"] == 0
+    del rows[4:]
     s = score_predictions(write_jsonl(tmp_path / "p.jsonl", rows), 0.5, "bleu")
     assert s["bfcl"]["categories"]["simple"]["accuracy"] == pytest.approx(1 / 3)
     assert s["bfcl"]["categories"]["simple"]["name_em"] == pytest.approx(2 / 3)
