@@ -173,6 +173,9 @@ def test_pipeline_report_with_every_evaluation_input(tmp_path):
     assert "val" in scores["benchmarks"]
     if (SHARED_DATA / "bfcl_v3").is_dir():
         assert "## Benchmark: BFCL v3 (AST)" in md and scores["benchmarks"]["bfcl"]["bfcl"]["n"] == 4
+        outcomes = {c: v["outcomes"] for c, v in scores["benchmarks"]["bfcl"]["bfcl"]["categories"].items()}
+        assert sum(sum(o.values()) for o in outcomes.values()) == 4
+        assert "| model | category | items | correct | no call |" in md
     val_items = [json.loads(line) for line in (out / "eval" / "items" / "val.jsonl").read_text().splitlines()]
     assert [it["review"] for it in val_items if it["origin"] == "candidate"] == ["accepted"]
 
