@@ -75,20 +75,21 @@ def score_predictions(pred_path: str | Path, lam: float, fuzzy: str) -> dict:
     if bfcl_rows:
         cats: dict[str, list[float]] = defaultdict(list)
         names: dict[str, list[float]] = defaultdict(list)
+        outcomes: dict[str, Counter] = defaultdict(Counter)
+        cut: Counter = Counter()
         for r in bfcl_rows:
             cats[r["bfcl_category"]].append(1.0 if r["bfcl_correct"] else 0.0)
             if r["bfcl_category"] != "irrelevance":  # function-name EM of the first call (no call: 0)
                 names[r["bfcl_category"]].append(r["em"])
+            outcomes[r["bfcl_category"]][r["bfcl_outcome"]] += 1
+            # Replies cut at max_new_tokens: a no-call or malformed outcome among them may be a call not finished.
+            cut[r["bfcl_category"]] += r["finish"] == "length"
         per_cat = {c: {"n": len(v), "accuracy": sum(v) / len(v), "accuracy_ci": _rate_ci(v)}
                    for c, v in sorted(cats.items())}
         for c, v in names.items():
             per_cat[c].update(name_em=sum(v) / len(v), name_em_ci=_rate_ci(v))
         for c in per_cat:
-            rows = [r for r in bfcl_rows if r["bfcl_category"] == c]
-            counts = Counter(r["bfcl_outcome"] for r in rows)
-            per_cat[c]["outcomes"] = {k: counts.get(k, 0) for k in BFCL_OUTCOMES}
-            # Replies cut at max_new_tokens: a no-call or malformed outcome among them may be a call not finished.
-            per_cat[c]["cut_at_max_new_tokens"] = sum(r["finish"] == "length" for r in rows)
+            per_cat[c].update(outcomes={k: outcomes[c][k] for k in BFCL_OUTCOMES}, cut_at_max_new_tokens=cut[c])
         allv = [1.0 if r["bfcl_correct"] else 0.0 for r in bfcl_rows]
         result["bfcl"] = {"categories": per_cat, "n": len(allv), "accuracy": sum(allv) / len(allv),
                           "accuracy_ci": _rate_ci(allv),

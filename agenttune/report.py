@@ -433,16 +433,15 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
                       [[m] + [f"{_fmt(cat['name_em'])} {_ci(cat['name_em_ci'], 2)}"
                               for cat in (bench_scores["bfcl"][m]["bfcl"]["categories"][c] for c in named)]
                        for m in models])
-        if all("outcomes" in bench_scores["bfcl"][m]["bfcl"]["categories"][c] for m in models for c in cats):
-            doc.p("What each item's reply was, per model and category (counts of items): correct; no call (answered "
-                  "in prose where a call was due); false call (called on an irrelevance item); malformed (a call "
-                  "attempt that does not parse); wrong function; wrong number of calls; arguments (right function, "
-                  "arguments rejected by the AST rules). 'cut' counts replies stopped at max_new_tokens, among "
-                  "which a no-call or malformed reply may be an unfinished call.")
-            doc.table(["model", "category", "items"] + [o.replace("_", " ") for o in BFCL_OUTCOMES] + ["cut"],
-                      [[m, c, str(cat["n"])] + [str(cat["outcomes"][o]) for o in BFCL_OUTCOMES]
-                       + [str(cat["cut_at_max_new_tokens"])]
-                       for m in models for c in cats for cat in [bench_scores["bfcl"][m]["bfcl"]["categories"][c]]])
+        doc.p("What each item's reply was, per model and category (counts of items): correct; no call (answered "
+              "in prose where a call was due); false call (called on an irrelevance item); malformed (a call "
+              "attempt that does not parse); wrong function; wrong number of calls; arguments (right function, "
+              "arguments rejected by the AST rules). 'cut' counts replies stopped at max_new_tokens, among "
+              "which a no-call or malformed reply may be an unfinished call.")
+        doc.table(["model", "category", "items"] + [o.replace("_", " ") for o in BFCL_OUTCOMES] + ["cut"],
+                  [[m, c, str(cat["n"])] + [str(cat["outcomes"][o]) for o in BFCL_OUTCOMES]
+                   + [str(cat["cut_at_max_new_tokens"])]
+                   for m in models for c in cats for cat in [bench_scores["bfcl"][m]["bfcl"]["categories"][c]]])
 
     doc.h(2, "General ability")
     if general_info and general:
