@@ -1,4 +1,4 @@
-"""Generation: greedy decoding, batched over a left-padded KV cache, stopping at eos or a template's stop strings.
+"""Generation: greedy decoding, batched over a slotted KV cache, stopping at eos or a template's stop strings.
 
 Takes: a causal LM folder (base model or checkpoint) and chat-formatted prompt strings, each with its own stop
 strings (a template module's `STOP`).
@@ -21,12 +21,13 @@ transformers derives from the attention mask):
 The engine here removes both, so every row's arithmetic is the same whatever else is in the batch:
 - attention runs row by row over that row's real keys only (`rowwise_attention`, registered with transformers'
   AttentionInterface), so the reduction length and grouping equal those of the prompt run alone;
-- linear layers never run on fewer rows than the smallest row count from which this machine's matmul gives
-  row-identical results (`gemm_invariant_rows`, probed once per weight shape; 4 on the AVX2 CPU seen here): small
-  inputs are padded with zero rows, which costs little while decoding is memory-bound;
-- each prompt is prefilled on its own (no padding in the compute-bound prefill, so no wasted work), then joins the
-  shared left-padded cache for batched decoding; finished rows leave and waiting prompts join as they go
-  (continuous batching), so the batch stays full.
+- while decoding, linear layers compute (W @ x^T)^T (`rows_matmul`, faster than `F.linear` on few rows) on a row
+  count padded with zero rows to a multiple of the block from which this machine's matmul gives row-identical
+  results (`invariant_row_block`, probed once per weight shape; 16 on the AVX2 CPU seen here);
+- each prompt is prefilled on its own (no padding in the compute-bound prefill, so no wasted work; plain
+  `F.linear` there), then its keys/values are copied into a free slot of a preallocated cache (`_SlotCache`) where
+  they stay until the row finishes: a decode step writes each row's new key in place, with no copy of the cache;
+  finished rows free their slot and waiting prompts take it (continuous batching), so the batch stays full.
 Models whose cache is not a plain full-attention `DynamicCache` (sliding-window layers, linear attention) use
 transformers' `generate()` instead, which is batched with left padding but only equal up to float rounding.
 """
@@ -72,17 +73,29 @@ def _starts_from_mask(attention_mask, batch: int, key_len: int) -> list[int]:
 
 
 def rowwise_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      pad_starts=None, **kwargs):
+                      pad_starts=None, kv_rows=None, **kwargs):
     """Attention computed one batch row at a time over that row's real (non-padding) keys.
 
     query (B, H, Lq, D); key/value (B, Hkv, Lk, D); queries are aligned to the end of the keys (prefill: Lq = Lk;
     decode: Lq = 1). `pad_starts[b]` is the index of row b's first real key (from the generation loop, or derived
     from a left-padding mask). Query rows that are padding get zeros. Returns (B, Lq, H, D), None like transformers'
     sdpa function.
+
+    With `kv_rows` (decoding from a `_SlotCache`, Lq = 1) key/value are the cache's slot buffers instead and row b's
+    keys are `key[slot, :, :length]` for `(slot, length) = kv_rows[b]`.
     """
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     n_rep = heads // kv_heads
+    if kv_rows is not None:
+        # One query per row sees all of its row's keys: attend per key head with the group's queries side by side.
+        rows = []
+        for b, (slot, length) in enumerate(kv_rows):
+            q = query[b:b + 1].reshape(1, kv_heads, n_rep * q_len, dim)
+            o = F.scaled_dot_product_attention(q, key[slot:slot + 1, :, :length], value[slot:slot + 1, :, :length],
+                                               scale=scaling)
+            rows.append(o.reshape(1, heads, q_len, -1))
+        return torch.cat(rows).transpose(1, 2).contiguous(), None
     starts = [int(s) for s in pad_starts] if pad_starts is not None else _starts_from_mask(attention_mask, batch, k_len)
     out = query.new_zeros(batch, heads, q_len, value.shape[-1])
     for b in range(batch):
@@ -118,70 +131,75 @@ def register_rowwise_attention() -> str:
 
 # --- batch-invariant linear layers ------------------------------------------------------------------------------
 
-# Row counts probed: every small count (where BLAS libraries switch kernels), then a few larger ones.
-_PROBE_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
+# Row blocks probed: a row count that is a multiple of the block must give every row the same bits.
+_PROBE_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (rows, in) times weight (out, in) transposed, computed as (weight @ x^T)^T: with few rows (decoding) BLAS
+    runs this as a GEMM whose long side is the weight's output dimension, which is faster on CPU than `F.linear`'s
+    few-row GEMM (BENCHMARKS.md: 58 vs 78 ms for SmolLM2's linear layers at 16 rows)."""
+    return torch.mm(weight, x.t()).t().contiguous()
 
 
 @functools.cache
-def gemm_invariant_rows(in_features: int, out_features: int, dtype: torch.dtype = torch.float32,
+def invariant_row_block(in_features: int, out_features: int, dtype: torch.dtype = torch.float32,
                         device: str = "cpu", threads: int | None = None) -> int | None:
-    """The smallest row count m such that a linear layer of this shape gives every row bit-identical results for
-    any input of m or more rows (probed at the counts in _PROBE_ROWS, and at two row offsets). None if even 64 rows
-    differ from more: then batching cannot be made exact on this machine. Random data, once per shape and thread
-    count (kernels are chosen per thread count too; `make_batch_invariant` passes the current one)."""
+    """The smallest block b in _PROBE_BLOCKS such that `rows_matmul` gives each row bit-identical results whenever
+    the row count is a multiple of b (b, 2b, 4b, ... up to 64 rows, with rows at several offsets in the block).
+    None if no block works: then batching cannot be made exact on this machine. Random data, once per shape and
+    thread count (kernels are chosen per thread count too; `make_batch_invariant` passes the current one)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     w = torch.randn(out_features, in_features, generator=gen).to(dtype=dtype, device=device)
-    x = torch.randn(_MAX_PROBE_ROWS + 8, in_features, generator=gen).to(dtype=dtype, device=device)
-    ref = F.linear(x, w)
-    candidate = None
-    for m in reversed(_PROBE_ROWS):
-        if not torch.equal(F.linear(x[:m], w), ref[:m]):
-            break
-        candidate = m
-    if candidate is not None and not torch.equal(F.linear(x[5:5 + candidate], w), ref[5:5 + candidate]):
-        return None
-    return candidate
+    x = torch.randn(2 * _PROBE_BLOCKS[-1], in_features, generator=gen).to(dtype=dtype, device=device)
+    ref = rows_matmul(x, w)
+    for block in _PROBE_BLOCKS:
+        counts = [block * k for k in (1, 2, 4, 8, 16, 32, 64) if block * k <= _PROBE_BLOCKS[-1]]
+        if all(torch.equal(rows_matmul(x[o:o + n], w), ref[o:o + n]) for n in counts for o in (0, 3, 17)):
+            return block
+    return None
+
+
+class _Phase:
+    """Whether the model is prefilling one prompt alone (then linear layers use plain `F.linear`, 7% faster on
+    hundreds of rows; a prompt is always prefilled alone, so no row count varies there) or decoding a batch."""
+
+    prefill = False
+
+
+def _invariant_linear(block: int, phase: _Phase, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's forward; while decoding, rows padded (zeros) to a multiple of `block`, through `rows_matmul`."""
+    if phase.prefill:
+        return F.linear(x, module.weight, module.bias)
+    rows = x.numel() // x.shape[-1]
+    flat = x.reshape(rows, x.shape[-1])
+    padded = -(-rows // block) * block
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, x.shape[-1])])
+    out = rows_matmul(flat, module.weight)[:rows]
+    if module.bias is not None:
+        out = out + module.bias
+    return out.reshape(*x.shape[:-1], module.out_features)
 
 
 def make_batch_invariant(model, log=print) -> int:
-    """Hook every nn.Linear so that it never multiplies fewer rows than its shape's invariant row count (zero rows
-    are appended and their outputs dropped). Returns the largest such count; raises if some shape has none."""
+    """Route every nn.Linear through `_invariant_linear` with its shape's row block, so that each row's result
+    does not depend on how many rows the batch has. Returns the largest block; raises if some shape has none."""
     device = str(next(model.parameters()).device)
     needed = 1
+    model._agenttune_phase = phase = _Phase()
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        rows = gemm_invariant_rows(module.in_features, module.out_features, module.weight.dtype, device,
-                                   torch.get_num_threads())
-        if rows is None:
-            raise RuntimeError(f"no row count up to {_MAX_PROBE_ROWS} gives row-identical matmuls for {name} "
+        block = invariant_row_block(module.in_features, module.out_features, module.weight.dtype, device,
+                                    torch.get_num_threads())
+        if block is None:
+            raise RuntimeError(f"no row block up to {_PROBE_BLOCKS[-1]} gives row-identical matmuls for {name} "
                                f"({module.in_features}x{module.out_features}) on this machine")
-        if rows > 1:
-            module.register_forward_pre_hook(functools.partial(_pad_rows_pre, rows))
-            module.register_forward_hook(_unpad_rows_post)
-        needed = max(needed, rows)
-    log(f"batch-invariant generation: linear layers padded to >= {needed} rows, attention row by row")
+        module.forward = functools.partial(_invariant_linear, block, phase, module)
+        needed = max(needed, block)
+    log(f"batch-invariant generation: linear layers padded to multiples of {needed} rows, attention row by row")
     return needed
-
-
-def _pad_rows_pre(min_rows: int, module, args):
-    x = args[0]
-    rows = x.numel() // x.shape[-1]
-    module._agenttune_rows = None
-    if rows >= min_rows:
-        return None
-    module._agenttune_rows = (x.shape, rows)
-    flat = x.reshape(rows, x.shape[-1])
-    return (torch.cat([flat, flat.new_zeros(min_rows - rows, x.shape[-1])]),) + tuple(args[1:])
-
-
-def _unpad_rows_post(module, args, output):
-    saved = module._agenttune_rows
-    if saved is None:
-        return None
-    shape, rows = saved
-    module._agenttune_rows = None
-    return output[:rows].reshape(*shape[:-1], output.shape[-1])
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -274,51 +292,85 @@ class _Row:
 
 # --- the exact engine -------------------------------------------------------------------------------------------
 
-class _BatchCache:
-    """A left-padded KV cache shared by the rows being decoded: row b's real keys are [pad_starts[b], length)."""
+def _slot_layer_class():
+    from transformers.cache_utils import DynamicLayer
 
-    def __init__(self, model):
+    class _SlotLayer(DynamicLayer):
+        """One layer of a `_SlotCache`: keys/values buffers of shape (slots, kv heads, capacity, head dim)."""
+
+        def __init__(self, owner: "_SlotCache"):
+            super().__init__()
+            self.owner = owner
+
+        def allocate(self, like: torch.Tensor) -> None:
+            shape = (self.owner.slots, like.shape[1], self.owner.capacity, like.shape[3])
+            self.keys = like.new_zeros(shape)
+            self.values = like.new_zeros(shape)
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            """Write this step's key/value of every decoded row at its slot's next position (in place)."""
+            slot_idx, pos_idx = self.owner.step_index
+            self.keys[slot_idx, :, pos_idx] = key_states[:, :, -1]
+            self.values[slot_idx, :, pos_idx] = value_states[:, :, -1]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.owner.longest
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.owner.longest + query_length, 0
+
+    return _SlotLayer
+
+
+class _SlotCache:
+    """The KV cache of the rows being decoded: a fixed slot per row, holding that row's keys at [0, length) of
+    preallocated buffers. Rows never move: a decode step writes each row's new key in place (no copy of the cache,
+    which `torch.cat` in a `DynamicCache` makes every step), a finished row frees its slot for the next prompt, and
+    no row is padded (attention reads `key[slot, :, :length]`). Capacity is the longest prompt plus max_new_tokens
+    over all prompts, so the buffers' shape, hence every row's arithmetic, does not depend on the batch."""
+
+    def __init__(self, model, slots: int, capacity: int):
         from transformers import DynamicCache
 
-        self.model = model
+        self.slots, self.capacity = slots, capacity
         self.cache = DynamicCache(config=model.config)
-        self.pad_starts: list[int] = []
+        layer_class = _slot_layer_class()
+        self.cache.layers = [layer_class(self) for _ in self.cache.layers]
+        self.lengths = [0] * slots
+        self.free = list(range(slots - 1, -1, -1))  # pop() takes the lowest free slot
+        self.step_index = None
+        self.longest = 0
 
-    @property
-    def length(self) -> int:
-        return self.cache.get_seq_length()
-
-    def add(self, row_cache) -> None:
-        """Append one prefilled row (a batch-of-one cache), aligning everyone's last key on the right."""
-        new_len = row_cache.get_seq_length()
-        if not self.pad_starts:
-            for layer, src in zip(self.cache.layers, row_cache.layers):
-                layer.lazy_initialization(src.keys, src.values)
-                layer.keys, layer.values = src.keys, src.values
-            self.pad_starts = [0]
-            return
-        old_len = self.length
-        grow = max(0, new_len - old_len)
+    def put(self, row_cache) -> int:
+        """Copy a prefilled row (a batch-of-one DynamicCache) into a free slot; return the slot."""
+        slot = self.free.pop()
+        length = row_cache.get_seq_length()
         for layer, src in zip(self.cache.layers, row_cache.layers):
-            keys, values = _left_pad(layer.keys, grow), _left_pad(layer.values, grow)
-            pad_new = old_len + grow - new_len
-            layer.keys = torch.cat([keys, _left_pad(src.keys, pad_new)])
-            layer.values = torch.cat([values, _left_pad(src.values, pad_new)])
-        self.pad_starts = [s + grow for s in self.pad_starts] + [old_len + grow - new_len]
+            if not layer.is_initialized:
+                layer.allocate(src.keys)
+            layer.keys[slot, :, :length] = src.keys[0]
+            layer.values[slot, :, :length] = src.values[0]
+        self.lengths[slot] = length
+        return slot
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows, then drop columns that are padding for every remaining row."""
-        self.cache.batch_select_indices(torch.tensor(rows, dtype=torch.long, device=self.model.device))
-        self.pad_starts = [self.pad_starts[r] for r in rows]
-        trim = min(self.pad_starts) if self.pad_starts else 0
-        if trim:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, trim:], layer.values[:, :, trim:]
-            self.pad_starts = [s - trim for s in self.pad_starts]
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.free.append(slot)
+        self.free.sort(reverse=True)
 
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
+    def begin_step(self, slots: list[int]) -> list[tuple[int, int]]:
+        """Positions where this step's keys go; returns each row's (slot, key count) for the attention."""
+        device = self.cache.layers[0].keys.device
+        positions = [self.lengths[s] for s in slots]
+        if max(positions) >= self.capacity:
+            raise RuntimeError(f"KV cache slot full ({self.capacity} positions)")
+        self.step_index = (torch.tensor(slots, device=device), torch.tensor(positions, device=device))
+        self.longest = max(positions)
+        for s in slots:
+            self.lengths[s] += 1
+        return [(s, self.lengths[s]) for s in slots]
 
 
 @torch.no_grad()
@@ -330,8 +382,10 @@ def _generate_exact(model, tokenizer, prompt_ids: list[list[int]], stops: list[t
     eos = _eos_ids(model, tokenizer)
     results: list[Generation | None] = [None] * len(prompt_ids)
     waiting = deque(range(len(prompt_ids)))
-    active: list[_Row] = []
-    batch = _BatchCache(model)
+    active: list[tuple[_Row, int]] = []  # (row, slot)
+    phase = getattr(model, "_agenttune_phase", _Phase())
+    capacity = max(len(p) for p in prompt_ids) + max_new_tokens
+    batch = _SlotCache(model, min(batch_size, len(prompt_ids)), capacity)
     while waiting or active:
         while waiting and len(active) < batch_size:
             i = waiting.popleft()
@@ -339,36 +393,40 @@ def _generate_exact(model, tokenizer, prompt_ids: list[list[int]], stops: list[t
             cache = DynamicCache(config=model.config)
             ids = torch.tensor([prompt_ids[i]], dtype=torch.long, device=device)
             start = time.perf_counter()
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, pad_starts=[0])
+            phase.prefill = True
+            try:
+                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, pad_starts=[0])
+            finally:
+                phase.prefill = False
             stats["prefill_s"] += time.perf_counter() - start
             stats["prefill_tokens"] += len(prompt_ids[i])
             if row.push(int(out.logits[0, -1].argmax()), tokenizer, eos, max_new_tokens):
                 results[i] = row.result
                 progress()
                 continue
-            batch.add(cache)
-            active.append(row)
+            active.append((row, batch.put(cache)))
         if not active:
             continue
-        input_ids = torch.tensor([[r.new[-1]] for r in active], dtype=torch.long, device=device)
-        positions = torch.tensor([[r.prompt_len + len(r.new) - 1] for r in active], dtype=torch.long, device=device)
+        input_ids = torch.tensor([[r.new[-1]] for r, _ in active], dtype=torch.long, device=device)
+        positions = torch.tensor([[r.prompt_len + len(r.new) - 1] for r, _ in active], dtype=torch.long,
+                                 device=device)
         start = time.perf_counter()
+        kv_rows = batch.begin_step([slot for _, slot in active])
         out = model(input_ids=input_ids, position_ids=positions, past_key_values=batch.cache, use_cache=True,
-                    logits_to_keep=1, pad_starts=list(batch.pad_starts))
+                    logits_to_keep=1, kv_rows=kv_rows)
         tokens = out.logits[:, -1].argmax(-1).tolist()
         stats["decode_s"] += time.perf_counter() - start
         stats["decode_steps"] += 1
         stats["decode_tokens"] += len(active)
-        keep = []
-        for b, (row, token) in enumerate(zip(active, tokens)):
+        still = []
+        for (row, slot), token in zip(active, tokens):
             if row.push(token, tokenizer, eos, max_new_tokens):
                 results[row.index] = row.result
+                batch.release(slot)
                 progress()
             else:
-                keep.append(b)
-        if len(keep) < len(active):
-            batch.keep(keep)
-            active = [active[b] for b in keep]
+                still.append((row, slot))
+        active = still
     return results
 
 

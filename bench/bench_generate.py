@@ -13,7 +13,7 @@ evaluation items (e.g. the real-data run's BFCL items: shorter prompts, and an u
 length), prompted exactly as agenttune.predict prompts them. Each configuration decodes the same items greedily:
   - hf one-by-one: transformers `generate()`, one prompt at a time (the conventional loop; the baseline);
   - exact one-by-one: this project's engine with batch size 1;
-  - exact batched: the engine with --batch-size (continuous batching over a left-padded KV cache);
+  - exact batched: the engine with --batch-size (continuous batching over a slotted KV cache);
   - hf batched: `generate()` with left padding and --batch-size, for reference.
 Tokens/s counts generated tokens over wall time (prefill included). For the exact engine the decode phase is also
 timed alone (generated tokens / time in decode steps): prefill is compute-bound and is the same work batched or not,

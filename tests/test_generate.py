@@ -8,8 +8,8 @@ import torch
 
 from agenttune.generate import (
     Generation,
-    gemm_invariant_rows,
     generate,
+    invariant_row_block,
     load_for_generation,
     truncate_at_stop,
 )
@@ -89,16 +89,49 @@ def test_rowwise_forward_is_bitwise_equal_to_each_row_alone(tiny):
             assert torch.equal(batch.logits[b, -1], alone.logits[0, -1]), f"row {b}"
 
 
-def test_linear_layers_never_run_on_fewer_rows_than_the_invariant_count(tiny):
+def test_linear_layers_give_each_row_the_same_bits_whatever_the_row_count(tiny):
     model, _ = tiny
     lin = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-    rows = gemm_invariant_rows(lin.in_features, lin.out_features)
-    assert rows is not None and rows >= 1
+    block = invariant_row_block(lin.in_features, lin.out_features, threads=torch.get_num_threads())
+    assert block is not None and block >= 1
     x = torch.randn(9, lin.in_features)
     with torch.no_grad():
         full = lin(x)
         for k in range(9):
             assert torch.equal(lin(x[k:k + 1]), full[k:k + 1]), f"row {k} alone differs from the batch"
+        for n in (2, 5):
+            assert torch.equal(lin(x[:n]), full[:n]), f"first {n} rows"
+        # While prefilling (a prompt alone), the layer is plain nn.Linear.
+        model._agenttune_phase.prefill = True
+        try:
+            assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+        finally:
+            model._agenttune_phase.prefill = False
+
+
+def test_slots_are_reused_as_rows_finish(tiny):
+    """More prompts than slots, rows finishing at different steps: each row keeps its own slot until it finishes,
+    and the freed slot is taken by the next prompt (the continuous batching of the exact engine)."""
+    import agenttune.generate as gen
+
+    model, tokenizer = tiny
+    prompts = chat_prompts(tokenizer, 5)
+    taken = []
+    original = gen._SlotCache.put
+
+    def put(self, row_cache):
+        slot = original(self, row_cache)
+        taken.append(slot)
+        return slot
+
+    gen._SlotCache.put = put
+    try:
+        out = generate(model, tokenizer, prompts, 9, (), 2, log=lambda _m: None)
+    finally:
+        gen._SlotCache.put = original
+    assert len(out) == 5 and len(taken) >= 3, taken  # at least one slot was taken twice
+    assert taken[:2] == [0, 1] and set(taken) == {0, 1}, taken
+    assert out == generate(model, tokenizer, prompts, 9, (), 1, log=lambda _m: None)
 
 
 def test_eos_max_new_tokens_and_stop_strings(tiny):
