@@ -146,15 +146,16 @@ def rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def invariant_row_block(in_features: int, out_features: int, dtype: torch.dtype = torch.float32,
                         device: str = "cpu", threads: int | None = None) -> int | None:
     """The smallest block b in _PROBE_BLOCKS such that `rows_matmul` gives each row bit-identical results whenever
-    the row count is a multiple of b (b, 2b, 4b, ... up to 64 rows, with rows at several offsets in the block).
-    None if no block works: then batching cannot be made exact on this machine. Random data, once per shape and
-    thread count (kernels are chosen per thread count too; `make_batch_invariant` passes the current one)."""
+    the row count is a multiple of b (every multiple up to 64 rows, with rows at several offsets in the block;
+    larger batches are assumed to behave like 64 rows). None if no block works: then batching cannot be made exact
+    on this machine. Random data, once per shape and thread count (kernels are chosen per thread count too;
+    `make_batch_invariant` passes the current one)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     w = torch.randn(out_features, in_features, generator=gen).to(dtype=dtype, device=device)
     x = torch.randn(2 * _PROBE_BLOCKS[-1], in_features, generator=gen).to(dtype=dtype, device=device)
     ref = rows_matmul(x, w)
     for block in _PROBE_BLOCKS:
-        counts = [block * k for k in (1, 2, 4, 8, 16, 32, 64) if block * k <= _PROBE_BLOCKS[-1]]
+        counts = range(block, _PROBE_BLOCKS[-1] + 1, block)
         if all(torch.equal(rows_matmul(x[o:o + n], w), ref[o:o + n]) for n in counts for o in (0, 3, 17)):
             return block
     return None
