@@ -35,6 +35,7 @@ transformers' `generate()` instead, which is batched with left padding but only 
 from __future__ import annotations
 
 import functools
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -266,10 +267,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class _Row:
     """One prompt being decoded."""
 
-    __slots__ = ("index", "prompt_len", "new", "stops", "result")
+    __slots__ = ("index", "new", "stops", "result")
 
-    def __init__(self, index: int, prompt_len: int, stops):
-        self.index, self.prompt_len, self.new, self.stops, self.result = index, prompt_len, [], tuple(stops), None
+    def __init__(self, index: int, stops):
+        self.index, self.new, self.stops, self.result = index, [], tuple(stops), None
 
     def push(self, token: int, tokenizer, eos: set[int], max_new_tokens: int) -> bool:
         """Record a generated token; return True when the row is finished."""
@@ -293,6 +294,7 @@ class _Row:
 
 # --- the exact engine -------------------------------------------------------------------------------------------
 
+@functools.cache
 def _slot_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -340,13 +342,13 @@ class _SlotCache:
         layer_class = _slot_layer_class()
         self.cache.layers = [layer_class(self) for _ in self.cache.layers]
         self.lengths = [0] * slots
-        self.free = list(range(slots - 1, -1, -1))  # pop() takes the lowest free slot
+        self.free = list(range(slots))  # a heap: the lowest free slot is taken first
         self.step_index = None
         self.longest = 0
 
     def put(self, row_cache) -> int:
         """Copy a prefilled row (a batch-of-one DynamicCache) into a free slot; return the slot."""
-        slot = self.free.pop()
+        slot = heapq.heappop(self.free)
         length = row_cache.get_seq_length()
         for layer, src in zip(self.cache.layers, row_cache.layers):
             if not layer.is_initialized:
@@ -358,8 +360,7 @@ class _SlotCache:
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
-        self.free.append(slot)
-        self.free.sort(reverse=True)
+        heapq.heappush(self.free, slot)
 
     def begin_step(self, slots: list[int]) -> list[tuple[int, int]]:
         """Positions where this step's keys go; returns each row's (slot, key count) for the attention."""
@@ -390,7 +391,7 @@ def _generate_exact(model, tokenizer, prompt_ids: list[list[int]], stops: list[t
     while waiting or active:
         while waiting and len(active) < batch_size:
             i = waiting.popleft()
-            row = _Row(i, len(prompt_ids[i]), stops[i])
+            row = _Row(i, stops[i])
             cache = DynamicCache(config=model.config)
             ids = torch.tensor([prompt_ids[i]], dtype=torch.long, device=device)
             start = time.perf_counter()
@@ -408,11 +409,11 @@ def _generate_exact(model, tokenizer, prompt_ids: list[list[int]], stops: list[t
             active.append((row, batch.put(cache)))
         if not active:
             continue
-        input_ids = torch.tensor([[r.new[-1]] for r, _ in active], dtype=torch.long, device=device)
-        positions = torch.tensor([[r.prompt_len + len(r.new) - 1] for r, _ in active], dtype=torch.long,
-                                 device=device)
         start = time.perf_counter()
         kv_rows = batch.begin_step([slot for _, slot in active])
+        input_ids = torch.tensor([[r.new[-1]] for r, _ in active], dtype=torch.long, device=device)
+        # The new token's position is the number of keys before it in its slot.
+        positions = torch.tensor([[n - 1] for _, n in kv_rows], dtype=torch.long, device=device)
         out = model(input_ids=input_ids, position_ids=positions, past_key_values=batch.cache, use_cache=True,
                     logits_to_keep=1, kv_rows=kv_rows)
         tokens = out.logits[:, -1].argmax(-1).tolist()
@@ -454,7 +455,7 @@ def _generate_hf(model, tokenizer, prompt_ids: list[list[int]], stops: list[tupl
                                  eos_token_id=sorted(eos), stop_strings=list(group_stops) or None,
                                  tokenizer=tokenizer)
             for i, seq in zip(chunk, out[:, width:].tolist()):
-                row = _Row(i, len(prompt_ids[i]), group_stops)
+                row = _Row(i, group_stops)
                 for token in seq:
                     if row.push(token, tokenizer, eos, max_new_tokens):
                         break
