@@ -109,6 +109,8 @@ class PackedCollator:
 
         if mode not in ("mask", "position_ids"):
             raise ValueError(f"unknown packing mode '{mode}' (expected 'mask' or 'position_ids')")
+        if not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id must be a token id, got {pad_token_id!r} (see train.padding_id)")
         self.pad_token_id = pad_token_id
         self.mode = mode
         self.dtype = dtype or torch.float32

@@ -44,10 +44,23 @@ class TokenizedDataset(Dataset):
         return self.rows[i]
 
 
+def padding_id(tokenizer) -> int:
+    """The token id that fills padding: the pad token, else eos (Llama-2 and others ship no pad token). Which id it
+    is does not matter for training, since padding is masked out of attention and of the loss."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has neither a pad nor an eos token: "
+                     "batches cannot be padded")
+
+
 class PadCollator:
     """Right-pads a batch; padding is masked out of attention and of the loss."""
 
     def __init__(self, pad_token_id: int):
+        if not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id must be a token id, got {pad_token_id!r} (see train.padding_id)")
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch: list[dict]) -> dict:
@@ -78,21 +91,46 @@ def freeze_lower_layers(model, trainable_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def pick_attn_implementation(requested: str, log) -> str:
-    """flash_attention_2 when the package imports (GPU nodes), else sdpa; the choice is logged."""
+def pick_attn_implementation(requested: str, log, half_precision: bool) -> str:
+    """flash_attention_2 when the package imports, a CUDA device is there and the attention runs in bf16/fp16
+    (`half_precision`: flash-attn rejects fp32 inputs at the first forward); else sdpa. The choice is logged."""
     if requested in ("auto", "flash_attention_2"):
         try:
             import flash_attn  # noqa: F401
-
-            if torch.cuda.is_available():
-                log("attention: flash_attention_2 (flash-attn installed, CUDA present)")
-                return "flash_attention_2"
-            log("attention: sdpa (flash-attn installed but no CUDA device)")
         except ImportError:
             log("attention: sdpa (flash-attn not installed)")
+            return "sdpa"
+        if not torch.cuda.is_available():
+            log("attention: sdpa (flash-attn installed but no CUDA device)")
+        elif not half_precision:
+            log("attention: sdpa (flash-attn needs bf16/fp16; this job trains in fp32)")
+        else:
+            log("attention: flash_attention_2 (flash-attn installed, CUDA present, bf16)")
+            return "flash_attention_2"
         return "sdpa"
     log(f"attention: {requested} (from config)")
     return requested
+
+
+def training_precision(cfg: dict, on_gpu: bool, use_deepspeed: bool) -> tuple[torch.dtype, bool]:
+    """(dtype the weights are loaded in, whether the forward/backward run in bf16).
+
+    bf16 only on GPUs (on this kind of CPU it is ~20x slower). Without DeepSpeed the weights stay fp32 and bf16 is
+    autocast: AdamW then updates fp32 weights with fp32 states; weights loaded in bf16 would lose most small updates
+    to rounding. ZeRO keeps fp32 master weights of its own, so under DeepSpeed the model is loaded in bf16."""
+    bf16 = cfg.get("precision") == "bf16" and on_gpu
+    return (torch.bfloat16 if bf16 and use_deepspeed else torch.float32), bf16
+
+
+def refuse_data_parallel(world_size: int, distributed: bool, visible_gpus: int) -> None:
+    """One process that sees several GPUs would be wrapped in nn.DataParallel by the Trainer: the batch would be
+    split over the GPUs and the schedule changed, silently. Refuse instead."""
+    if world_size == 1 and not distributed and visible_gpus > 1:
+        raise ValueError(
+            f"train.launcher: none trains in one process, but {visible_gpus} GPUs are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); the Trainer would wrap the "
+            "model in nn.DataParallel and change the batch and schedule. Give the job one GPU, or use "
+            f"train.launcher: torchrun with train.nproc_per_node: {visible_gpus}")
 
 
 def _epoch_callbacks(epoch: int, log):
@@ -203,6 +241,50 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     return entry
 
 
+def training_arguments(cfg: dict, work_dir: str | Path, seed: int, on_gpu: bool, world_size: int, bf16: bool,
+                       ds_config: dict | None):
+    """The Trainer's arguments for a job of the train stage."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg["epochs"],
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["grad_accum"],
+        learning_rate=cfg["learning_rate"],
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=cfg["warmup_ratio"],
+        weight_decay=cfg["weight_decay"],
+        max_grad_norm=cfg.get("max_grad_norm", 1.0),
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="epoch",
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        # Rows reach the collator whole. With the default (True) the Trainer deletes every key the model's forward
+        # does not name, `seq_lens` among them, and packed rows would train as one sequence attending across
+        # their samples (tests/test_training_inputs.py checks what the model receives).
+        remove_unused_columns=False,
+        use_cpu=not on_gpu,
+        # Several CPU ranks: gloo is the backend that works without a GPU (accelerate's MULTI_CPU).
+        ddp_backend="gloo" if (not on_gpu and world_size > 1) else None,
+        # bf16 autocast over fp32 weights without DeepSpeed; ZeRO's own bf16 with it (training_precision).
+        bf16=bf16,
+        activation_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        deepspeed=ds_config,
+        # Job logs are files: the Progress callback writes one line per step instead of a redrawn bar.
+        disable_tqdm=True,
+    )
+
+
+def training_collator(shard_paths, pad_token_id: int, attn_implementation: str, dtype):
+    """Packed shards (tokenize.packing) need their own collator: per-sample positions, block-diagonal mask or
+    flash-attn varlen; unpacked rows are right-padded."""
+    return make_collator(shard_paths, pad_token_id, attn_implementation, dtype) or PadCollator(pad_token_id)
+
+
 def train_epoch(base_model_dir: str | Path, shard_paths: list[str | Path], prev_epoch_dir: str | Path | None,
                 out_dir: str | Path, epoch: int, cfg: dict, seed: int, compute: dict | None = None,
                 log=print) -> dict:
@@ -222,7 +304,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     """Train from `resume_from` (or from scratch) until the end of `until_epoch`; move that checkpoint to out_dir.
     The per-epoch job and an uninterrupted multi-epoch run both come through here. Returns the metrics on rank 0
     and an empty dict on the other ranks."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
     from transformers.trainer_callback import PrinterCallback
 
     from agenttune import deepspeed as ds
@@ -243,10 +325,12 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model_config = AutoConfig.from_pretrained(base_model_dir)
     on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        refuse_data_parallel(world_size, "LOCAL_RANK" in os.environ, torch.cuda.device_count())
     if cfg.get("precision") == "bf16" and not on_gpu:
         log("precision: bf16 asked for, but there is no GPU: training in fp32 (bf16 on CPU is ~20x slower)")
-    dtype = torch.bfloat16 if (cfg.get("precision") == "bf16" and on_gpu) else torch.float32
-    attn = pick_attn_implementation(cfg.get("attn_implementation", "auto"), log)
+    dtype, bf16 = training_precision(cfg, on_gpu, use_deepspeed)
+    attn = pick_attn_implementation(cfg.get("attn_implementation", "auto"), log, half_precision=bf16)
     ds_config = ds.zero3_config(cfg, model_config.hidden_size, on_gpu) if use_deepspeed else None
     if ds_config:
         zero = ds_config["zero_optimization"]
@@ -265,32 +349,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
 
     # The arguments come before the model: with a ZeRO-3 config alive, from_pretrained loads the weights straight
     # into partitions (deepspeed.zero.Init), so no rank ever holds the whole model (72B in bf16 is 145 GB).
-    args = TrainingArguments(
-        output_dir=str(work_dir),
-        num_train_epochs=cfg["epochs"],
-        per_device_train_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=cfg["grad_accum"],
-        learning_rate=cfg["learning_rate"],
-        lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=cfg["warmup_ratio"],
-        weight_decay=cfg["weight_decay"],
-        max_grad_norm=cfg.get("max_grad_norm", 1.0),
-        optim="adamw_torch",
-        logging_steps=1,
-        save_strategy="epoch",
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        dataloader_num_workers=0,
-        use_cpu=not on_gpu,
-        # Several CPU ranks: gloo is the backend that works without a GPU (accelerate's MULTI_CPU).
-        ddp_backend="gloo" if (not on_gpu and world_size > 1) else None,
-        bf16=dtype == torch.bfloat16,
-        activation_checkpointing=grad_ckpt,
-        deepspeed=ds_config,
-        # Job logs are files: the Progress callback writes one line per step instead of a redrawn bar.
-        disable_tqdm=True,
-    )
+    args = training_arguments(cfg, work_dir, seed, on_gpu, world_size, bf16, ds_config)
     _ = args.device  # sets up torch.distributed (gloo on CPU) before zero.Init would pick a backend of its own
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
     # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size.
@@ -300,14 +359,15 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if ds_config and hasattr(next(model.parameters()), "ds_numel"):
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
-    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg.get('tuning', 'full')} tuning), {dtype}")
+    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg.get('tuning', 'full')} tuning), weights "
+        f"{dtype}" + (", bf16 autocast" if bf16 and dtype == torch.float32 else ""))
     callbacks, clock = _epoch_callbacks(epoch, log)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
         # Packed shards (tokenize.packing) need their own collator: per-sample positions, block-diagonal mask.
-        data_collator=make_collator(shard_paths, tokenizer.pad_token_id, attn, dtype) or PadCollator(tokenizer.pad_token_id),
+        data_collator=training_collator(shard_paths, padding_id(tokenizer), attn, dtype),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
@@ -354,7 +414,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "device": "cuda" if on_gpu else "cpu",
         "world_size": world_size,
         "deepspeed_stage": 3 if ds_config else None,
-        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "precision": "bf16" if bf16 else "fp32",
         "attn_implementation": attn,
         "gradient_checkpointing": grad_ckpt,
         **measured_mfu(model.config.to_dict(), epoch_tokens, sample_lengths, seconds, world_size, compute, on_gpu,

@@ -147,10 +147,79 @@ def test_attention_falls_back_to_sdpa_and_says_why(monkeypatch):
 
     said = []
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
-    assert pick_attn_implementation("auto", said.append) == "sdpa"
-    assert pick_attn_implementation("flash_attention_2", said.append) == "sdpa"
-    assert pick_attn_implementation("eager", said.append) == "eager"
+    assert pick_attn_implementation("auto", said.append, half_precision=True) == "sdpa"
+    assert pick_attn_implementation("flash_attention_2", said.append, half_precision=True) == "sdpa"
+    assert pick_attn_implementation("eager", said.append, half_precision=True) == "eager"
     assert said == ["attention: sdpa (flash-attn not installed)"] * 2 + ["attention: eager (from config)"]
     monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))  # installed, but this machine has no GPU
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert pick_attn_implementation("auto", said.append) == "sdpa" and said[-1].endswith("no CUDA device)")
+    assert pick_attn_implementation("auto", said.append, half_precision=True) == "sdpa"
+    assert said[-1].endswith("no CUDA device)")
+
+
+def test_flash_attention_only_for_bf16_training(monkeypatch):
+    """flash-attn rejects fp32 inputs at the first forward: an fp32 job on a GPU node with flash-attn gets sdpa."""
+    from agenttune.train import pick_attn_implementation
+
+    said = []
+    monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert pick_attn_implementation("auto", said.append, half_precision=False) == "sdpa"
+    assert said[-1] == "attention: sdpa (flash-attn needs bf16/fp16; this job trains in fp32)"
+    assert pick_attn_implementation("auto", said.append, half_precision=True) == "flash_attention_2"
+
+
+@pytest.mark.parametrize("precision, on_gpu, deepspeed, weights, bf16", [
+    ("bf16", True, False, "float32", True),  # fp32 master weights and AdamW states, bf16 autocast
+    ("bf16", True, True, "bfloat16", True),  # ZeRO keeps fp32 master weights of its own
+    ("bf16", False, False, "float32", False),  # no bf16 on CPU
+    ("fp32", True, False, "float32", False),
+])
+def test_bf16_training_keeps_fp32_weights_unless_zero_does(precision, on_gpu, deepspeed, weights, bf16):
+    import torch
+
+    from agenttune.train import training_precision
+
+    assert training_precision({"precision": precision}, on_gpu, deepspeed) == (getattr(torch, weights), bf16)
+
+
+def test_one_process_refuses_several_visible_gpus(tmp_path, monkeypatch, tiny_model_dir, shards):
+    """launcher none with two GPUs in view: the Trainer would wrap the model in nn.DataParallel. Refused before any
+    weight is loaded; a distributed rank (LOCAL_RANK set) sees its own GPU only and is not refused."""
+    from agenttune.train import refuse_data_parallel
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ValueError, match=r"2 GPUs are visible \(CUDA_VISIBLE_DEVICES=0,1\).*DataParallel"):
+        train_epoch(tiny_model_dir, shards, None, tmp_path / "epoch-1", 1, CFG, seed=5, log=lambda m: None)
+    assert not (tmp_path / "epoch-1").exists()
+    refuse_data_parallel(world_size=1, distributed=True, visible_gpus=2)
+    refuse_data_parallel(world_size=1, distributed=False, visible_gpus=1)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_tokenizer_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir, smol_tokenizer, packed):
+    """Llama-2's tokenizer has no pad token; the collators pad with eos (masked out, so which id does not matter)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from agenttune.tokenize import ChatEncoder, shard_table, write_table_atomic
+    from test_canonical import GOOD
+    from test_tokenize import MULTI, render
+
+    model_dir = tmp_path / "no-pad"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(model_dir)
+    assert AutoTokenizer.from_pretrained(model_dir).pad_token_id is None
+    kept = ChatEncoder.from_hf(smol_tokenizer).encode([render(GOOD, "react"), render(MULTI, "react"),
+                                                      render(GOOD, "tool_call")], 4096)
+    shard = tmp_path / "train-0.parquet"
+    write_table_atomic(shard_table(kept, 700, packed), shard)
+    cfg = dict(CFG, epochs=1, batch_size=2, grad_accum=1)
+    metrics = train_epoch(model_dir, [shard], None, tmp_path / "epoch-1", 1, cfg, seed=5, log=lambda m: None)
+    assert metrics["global_step"] >= 1 and metrics["mean_loss"] == metrics["mean_loss"]  # ran, finite
