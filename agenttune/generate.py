@@ -5,10 +5,10 @@ strings (a template module's `STOP`).
 Gives: one `Generation` per prompt (text cut before the first stop string, the number of generated tokens, why it
 stopped), in prompt order.
 
-Batched outputs are identical to one-by-one outputs, bit for bit, not merely close. Plain batched `generate()` with
-left padding is not: on CPU fp32 the last-token logits of a padded row differ from the same prompt run alone by
-~3e-5 (enough to flip a greedy choice now and then). Two causes were found, neither of them position ids (which
-transformers derives from the attention mask):
+On CPU, batched outputs are identical to one-by-one outputs, bit for bit, not merely close (on a GPU, see the end
+of this docstring). Plain batched `generate()` with left padding is not: on CPU fp32 the last-token logits of a
+padded row differ from the same prompt run alone by ~3e-5 (enough to flip a greedy choice now and then). Two causes
+were found, neither of them position ids (which transformers derives from the attention mask):
 
 1. Attention over padded keys. `softmax(QK^T) V` reduces over the key axis; with k padding keys in front, the real
    keys fall into different SIMD/blocking groups of that reduction and the sum rounds differently (~1e-7 per
@@ -28,8 +28,13 @@ The engine here removes both, so every row's arithmetic is the same whatever els
   `F.linear` there), then its keys/values are copied into a free slot of a preallocated cache (`_SlotCache`) where
   they stay until the row finishes: a decode step writes each row's new key in place, with no copy of the cache;
   finished rows free their slot and waiting prompts take it (continuous batching), so the batch stays full.
-Models whose cache is not a plain full-attention `DynamicCache` (sliding-window layers, linear attention) use
-transformers' `generate()` instead, which is batched with left padding but only equal up to float rounding.
+
+The guarantee holds on CPU only: it is verified there (tests/test_generate.py), and on CUDA other reductions across
+a row (RMSNorm's, for one) change their split with the number of rows, which the two fixes above do not cover. So
+on a GPU (`choose_engine`), for models whose cache is not a plain full-attention `DynamicCache` (sliding-window
+layers, linear attention), and when some linear layer's shape has no row block on this machine's BLAS, generation
+uses transformers' `generate()` instead, batched with left padding: equal to one-by-one outputs only up to float
+rounding. Each of these says why in one log line.
 """
 
 from __future__ import annotations
@@ -184,34 +189,48 @@ def _invariant_linear(block: int, phase: _Phase, module: torch.nn.Linear, x: tor
     return out.reshape(*x.shape[:-1], module.out_features)
 
 
-def make_batch_invariant(model, log=print) -> int:
+def make_batch_invariant(model, log=print) -> str | None:
     """Route every nn.Linear through `_invariant_linear` with its shape's row block, so that each row's result
-    does not depend on how many rows the batch has. Returns the largest block; raises if some shape has none."""
+    does not depend on how many rows the batch has. Returns None when done; when some shape has no row block,
+    returns why and leaves every layer as it was (all shapes are probed before any layer is touched), so that the
+    caller can fall back to another engine."""
     device = str(next(model.parameters()).device)
-    needed = 1
-    model._agenttune_phase = phase = _Phase()
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    blocks = []
+    for name, module in linears:
         block = invariant_row_block(module.in_features, module.out_features, module.weight.dtype, device,
                                     torch.get_num_threads())
         if block is None:
-            raise RuntimeError(f"no row block up to {_PROBE_BLOCKS[-1]} gives row-identical matmuls for {name} "
-                               f"({module.in_features}x{module.out_features}) on this machine")
+            return (f"no row block up to {_PROBE_BLOCKS[-1]} gives row-identical matmuls for {name} "
+                    f"({module.in_features}x{module.out_features}, {module.weight.dtype}) on this machine")
+        blocks.append(block)
+    model._agenttune_phase = phase = _Phase()
+    for (_, module), block in zip(linears, blocks):
         module.forward = functools.partial(_invariant_linear, block, phase, module)
-        needed = max(needed, block)
-    log(f"batch-invariant generation: linear layers padded to multiples of {needed} rows, attention row by row")
-    return needed
+    log(f"batch-invariant generation: linear layers padded to multiples of {max(blocks, default=1)} rows, "
+        "attention row by row")
+    return None
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
+def choose_engine(requested: str, device: str) -> tuple[str, str | None]:
+    """The engine to generate with on `device` and, when it is not the requested one, why (a line to log)."""
+    if requested == "exact" and device != "cpu":
+        return "hf", (f"the exact engine's batch invariance is verified on CPU only (on {device}, reductions such as "
+                      "RMSNorm's change their split with the number of rows)")
+    return requested, None
+
+
 def load_for_generation(model_dir, precision: str = "fp32", engine: str = "exact", log=print):
-    """Model and tokenizer for greedy generation. bf16 only on a GPU (CPU bf16 is ~20x slower, see the notes)."""
+    """Model and tokenizer for greedy generation. bf16 only on a GPU (CPU bf16 is ~20x slower, see the notes).
+    The engine actually used is `model._agenttune_engine`: `hf` instead of `exact` where batch invariance does not
+    hold (see the module docstring), with the reason logged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if (precision == "bf16" and device == "cuda") else torch.float32
+    engine, fallback = choose_engine(engine, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -219,15 +238,18 @@ def load_for_generation(model_dir, precision: str = "fp32", engine: str = "exact
     attn = register_rowwise_attention() if engine == "exact" else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).to(device)
     model.eval()
-    model._agenttune_engine = engine
     if engine == "exact":
-        if not _plain_dynamic_cache(model):
-            log("this model's KV cache is not a plain full-attention cache: generating with transformers' "
-                "generate() (batched outputs equal one-by-one outputs only up to float rounding)")
-            model.set_attn_implementation("sdpa")
-            model._agenttune_engine = "hf"
+        if _plain_dynamic_cache(model):
+            fallback = make_batch_invariant(model, log)
         else:
-            make_batch_invariant(model, log)
+            fallback = "this model's KV cache is not a plain full-attention cache"
+        if fallback:
+            model.set_attn_implementation("sdpa")
+            engine = "hf"
+    if fallback:
+        log(f"{fallback}: generating with transformers' generate() (batched with left padding: outputs equal "
+            "one-by-one outputs only up to float rounding)")
+    model._agenttune_engine = engine
     return model, tokenizer
 
 

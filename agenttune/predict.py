@@ -40,6 +40,7 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
     stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
     if items:
         model, tokenizer = load_for_generation(model_dir, cfg.get("precision", "fp32"), cfg.get("engine", "exact"), log)
+        stats["engine"] = model._agenttune_engine  # the engine used: `exact` falls back to `hf` on a GPU
         prompts, stops = prompts_and_stops(tokenizer, items)
         start = time.perf_counter()
         outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)

@@ -10,5 +10,6 @@ with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
     # Provenance for the report: sha256 of the model folder and the items. No times: identical runs, identical files.
     write_manifest(snakemake.output.manifest, "predict", {"model": snakemake.input.model, "items": snakemake.input.benchmark_items},
                    dict(snakemake.params.generation),
-                   {"items": stats["items"], "generated_tokens": stats["generated_tokens"], "finish": stats["finish"]})
+                   {"items": stats["items"], "generated_tokens": stats["generated_tokens"], "finish": stats["finish"],
+                    "engine": stats.get("engine")})
     log(f"wrote {stats['items']} predictions to {snakemake.output.predictions}")

@@ -1,5 +1,6 @@
 """Generation: batched outputs are identical to one-by-one outputs (tokens, text, finish reason), stop strings and
-eos end a row, and the two fixes behind the identity (row-wise attention, row-count-invariant matmuls) hold."""
+eos end a row, the two fixes behind the identity (row-wise attention, row-count-invariant matmuls) hold, and where
+the identity is not guaranteed (a GPU, a linear shape without a row block) loading falls back to the hf engine."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import torch
 
 from agenttune.generate import (
     Generation,
+    choose_engine,
     generate,
     invariant_row_block,
     load_for_generation,
     truncate_at_stop,
 )
+from conftest import TINY_SHAPE
 
 
 def chat_prompts(tokenizer, n: int) -> list[str]:
@@ -156,3 +159,48 @@ def test_transformers_engine_gives_the_same_number_of_results(lively_model_dir):
     prompts = chat_prompts(tokenizer, 3)
     out = generate(model, tokenizer, prompts, 6, [(), ("zz",), ()], 2, log=lambda _m: None)
     assert len(out) == 3 and all(isinstance(g, Generation) and 1 <= g.tokens <= 6 for g in out)
+
+
+def test_exact_engine_is_chosen_on_cpu_only():
+    assert choose_engine("exact", "cpu") == ("exact", None)
+    assert choose_engine("hf", "cpu") == ("hf", None)
+    assert choose_engine("hf", "cuda") == ("hf", None)
+    engine, why = choose_engine("exact", "cuda")
+    assert engine == "hf" and "CPU only" in why and "RMSNorm" in why
+
+
+def assert_hf_engine_with_untouched_linears(model, tokenizer):
+    assert model._agenttune_engine == "hf"
+    assert model.config._attn_implementation == "sdpa"
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    (g,) = generate(model, tokenizer, chat_prompts(tokenizer, 1), 4, (), 2, log=lambda _m: None)
+    assert isinstance(g, Generation) and 1 <= g.tokens <= 4
+
+
+def test_on_cuda_the_exact_engine_falls_back_to_hf(tiny_model_dir, monkeypatch):
+    """On a GPU, batch invariance is not verified (RMSNorm's reduction changes with the row count on CUDA): loading
+    says so and uses transformers' generate(). Tested on CPU: CUDA is reported available, and moving the model to a
+    device keeps it where it is."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: self)
+    logs = []
+    model, tokenizer = load_for_generation(tiny_model_dir, log=logs.append)
+    (line,) = [m for m in logs if "generate()" in m]
+    assert "CPU only" in line, logs
+    assert_hf_engine_with_untouched_linears(model, tokenizer)
+
+
+def test_a_linear_shape_without_row_block_falls_back_to_hf(tiny_model_dir, monkeypatch):
+    """The probe may find no row block (cuBLAS, an odd CPU BLAS): loading falls back instead of failing, naming
+    the shape, and no layer stays patched. Only the MLP's down projection (the only linear reading the intermediate
+    size) lacks a block, so the layers before it in the model would have been patched by a patch-as-you-probe."""
+    import agenttune.generate as gen
+
+    intermediate = TINY_SHAPE["intermediate_size"]
+    monkeypatch.setattr(gen, "invariant_row_block",
+                        lambda in_features, out_features, *rest: None if in_features == intermediate else 1)
+    logs = []
+    model, tokenizer = load_for_generation(tiny_model_dir, log=logs.append)
+    (line,) = [m for m in logs if "generate()" in m]
+    assert f"down_proj ({intermediate}x" in line, logs
+    assert_hf_engine_with_untouched_linears(model, tokenizer)
