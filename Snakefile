@@ -11,9 +11,10 @@ validate(config, schema="config/schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/traces.smk"
 include: "rules/data.smk"
 include: "rules/tokenize.smk"
-include: "rules/cost.smk"
+include: "rules/cluster.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

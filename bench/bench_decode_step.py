@@ -4,10 +4,10 @@ Usage:
     .venv/bin/python bench/bench_decode_step.py --items-file results/real-data-v2/eval/items/bfcl.jsonl
         [--model results/models/smollm2-135m-instruct] [--rows 16] [--steps 40] [--baseline-rev 798a1f7]
 
-The baseline is agenttune/generate.py as of --baseline-rev (read with `git show`; 798a1f7 is the last revision
+The baseline is agenttune/evaluate/generate.py as of --baseline-rev (read with `git show`; 798a1f7 is the last revision
 with the left-padded `DynamicCache`, which `torch.cat`s the whole cache every step, and `F.linear` padded to 8
 rows). Three configurations decode the same --rows prompts (seeded subset of the items file, prompted as
-agenttune.predict does), each from its own prefilled cache, one step each in turn, --steps times, so machine
+agenttune.evaluate.predict does), each from its own prefilled cache, one step each in turn, --steps times, so machine
 noise hits all three alike; the first 5 steps are dropped and the median step time is reported:
   - baseline: the old engine (left-padded cache, F.linear hooks);
   - slot cache + F.linear: the baseline's model (its linear hooks) decoding from the current `_SlotCache`;
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 
 def load_baseline(rev: str):
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:agenttune/generate.py"], check=True,
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:agenttune/evaluate/generate.py"], check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "generate_baseline.py"
     path.write_text(source)
@@ -57,7 +57,7 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
-    import agenttune.generate as current
+    import agenttune.evaluate.generate as current
     from bench_generate import items_file_prompts
 
     torch.set_num_threads(args.threads)

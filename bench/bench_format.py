@@ -1,7 +1,7 @@
-"""Benchmark of the formatting stage (agenttune.data.format_samples): samples/s and peak memory against input size.
+"""Benchmark of the formatting stage (agenttune.data.format.format_samples): samples/s and peak memory against input size.
 
 What it measures, all in one run, each measurement in a fresh Python process (so peak RSS is that job's own):
-  - floor:    a process that imports agenttune.data and does nothing (interpreter + numpy + package);
+  - floor:    a process that imports agenttune.data.format and does nothing (interpreter + numpy + package);
   - baseline: read every trace line, json.loads, json.dumps, write: the I/O and JSON floor of any streaming stage;
   - ingest:   the ingest stage (agenttune.traces.ingest) on the same file as one canonical source: validation,
               duplicate ids and content, accounting;
@@ -71,7 +71,7 @@ print(json.dumps({"ok": True}))
 
 FLOOR = f"""
 import json
-import agenttune.data
+import agenttune.data.format
 {RSS}
 print(json.dumps({{"rss_mib": round(rss, 1)}}))
 """
@@ -105,7 +105,7 @@ print(json.dumps({{"read": stats["total"]["read"], "kept": stats["total"]["kept"
 
 FORMAT = f"""
 import json, sys, time
-from agenttune.data import format_samples
+from agenttune.data.format import format_samples
 src, out, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t0 = time.perf_counter()
 stats = format_samples([src], out, cfg, seed=1, roles={{"chat": "general"}}, log=lambda m: None)

@@ -10,7 +10,7 @@ Workload: the held-out evaluation prompts of the demo data (ReAct prompts with t
 default pipeline's shape): demo traces are generated, rendered with the react template and cut into evaluation
 items exactly as the pipeline does. With --items-file the workload is instead a seeded subset of a pipeline run's own
 evaluation items (e.g. the real-data run's BFCL items: shorter prompts, and an untuned model that answers at
-length), prompted exactly as agenttune.predict prompts them. Each configuration decodes the same items greedily:
+length), prompted exactly as agenttune.evaluate.predict prompts them. Each configuration decodes the same items greedily:
   - hf one-by-one: transformers `generate()`, one prompt at a time (the conventional loop; the baseline);
   - exact one-by-one: this project's engine with batch size 1;
   - exact batched: the engine with --batch-size (continuous batching over a slotted KV cache);
@@ -40,10 +40,10 @@ sys.path.insert(0, str(REPO))
 
 
 def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
-    from agenttune.benchmarks import items_from_sample, select
-    from agenttune.data import render_trace
+    from agenttune.evaluate.items import items_from_sample, select
+    from agenttune.data.format import render_trace
     from agenttune.demo.generator import generate_traces
-    from agenttune.predict import prompts_and_stops
+    from agenttune.evaluate.predict import prompts_and_stops
 
     traces = generate_traces(200, seed)
     items = []
@@ -54,10 +54,10 @@ def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], 
 
 
 def items_file_prompts(tokenizer, path: Path, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
-    """A seeded subset of an evaluation items file, prompted as agenttune.predict does."""
-    from agenttune.atomic import read_jsonl
-    from agenttune.benchmarks import select
-    from agenttune.predict import prompts_and_stops
+    """A seeded subset of an evaluation items file, prompted as agenttune.evaluate.predict does."""
+    from agenttune.common.atomic import read_jsonl
+    from agenttune.evaluate.items import select
+    from agenttune.evaluate.predict import prompts_and_stops
 
     return prompts_and_stops(tokenizer, select(read_jsonl(path), n_items, seed))
 
@@ -65,7 +65,7 @@ def items_file_prompts(tokenizer, path: Path, n_items: int, seed: int = 1234) ->
 def bench_generation(args) -> dict:
     import torch
 
-    from agenttune.generate import generate, load_for_generation
+    from agenttune.evaluate.generate import generate, load_for_generation
 
     torch.set_num_threads(args.threads)
     exact_model, tokenizer = load_for_generation(args.model, engine="exact", log=lambda _m: None)
@@ -128,7 +128,7 @@ def bench_generation(args) -> dict:
 
 
 def bench_scoring(n: int) -> dict:
-    from agenttune.evaluate import score_predictions
+    from agenttune.evaluate.score import score_predictions
 
     rng = random.Random(0)
     names = ["get_weather", "calculator", "web_search", "send_email", "stock_quote"]

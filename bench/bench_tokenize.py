@@ -1,4 +1,4 @@
-"""Benchmark of the tokenize stage (agenttune.tokenize): throughput against the peer path and the tokenizer limit,
+"""Benchmark of the tokenize stage (agenttune.tokenize.shards): throughput against the peer path and the tokenizer limit,
 packing efficiency (ours and TRL's BFD), peak RSS against input size, and CPU training speed with packing.
 
 Data: every trace of ../shared/data AgentInstruct (db_538 + the six agenttuning_* samples) and glaive, ingested by
@@ -52,7 +52,7 @@ def tokenizer_dir(work: Path) -> Path:
         return saved
     out = work / "tokenizer"
     if not (out / "tokenizer.json").exists():
-        from agenttune.model import load_smollm2_tokenizer
+        from agenttune.train.base_model import load_smollm2_tokenizer
 
         load_smollm2_tokenizer().save_pretrained(out)
     return out
@@ -114,7 +114,7 @@ def throughput(samples: list[dict], tok_dir: Path, repeats: int) -> dict:
     import datasets
     from transformers import AutoTokenizer
 
-    from agenttune.tokenize import ChatEncoder, Dropped
+    from agenttune.tokenize.shards import ChatEncoder, Dropped
 
     datasets.disable_progress_bars()
     hf = AutoTokenizer.from_pretrained(tok_dir)
@@ -206,8 +206,8 @@ print(json.dumps({"rows": len(packed), "tokens": tokens, "efficiency": tokens / 
 
 
 def packing(samples: list[dict], tok_dir: Path, trl_python: str | None, shard_samples: int = 2000) -> dict:
-    from agenttune.pack import best_fit_decreasing
-    from agenttune.tokenize import ChatEncoder, Encoded
+    from agenttune.tokenize.pack import best_fit_decreasing
+    from agenttune.tokenize.shards import ChatEncoder, Encoded
 
     out = {}
     for max_len in (4096, 2048):
@@ -252,7 +252,7 @@ def peak_rss_mib():
 
 STAGE = PEAK + """
 import json, sys, time
-from agenttune.tokenize import tokenize_split
+from agenttune.tokenize.shards import tokenize_split
 src, tok, out, cfg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 t0 = time.perf_counter()
 m = tokenize_split(src, tok, out, cfg)
@@ -265,7 +265,7 @@ print(json.dumps({"seconds": round(seconds, 3), "tokens": s["tokens"], "samples"
 
 FLOOR = PEAK + """
 import json, sys
-from agenttune.tokenize import ChatEncoder
+from agenttune.tokenize.shards import ChatEncoder
 e = ChatEncoder.from_folder(sys.argv[1]); e.render([[{"role": "user", "content": "hi"}]])
 print(json.dumps({"rss_mib": peak_rss_mib()}))
 """
@@ -299,9 +299,9 @@ def train_speed(samples: list[dict], tok_dir: Path, rows: int = 2, max_len: int 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from agenttune.pack import PackedCollator, best_fit_decreasing
-    from agenttune.tokenize import ChatEncoder, Encoded
-    from agenttune.train import PadCollator, freeze_lower_layers
+    from agenttune.tokenize.pack import PackedCollator, best_fit_decreasing
+    from agenttune.tokenize.shards import ChatEncoder, Encoded
+    from agenttune.train.trainer import PadCollator, freeze_lower_layers
 
     torch.set_num_threads(2)
     model_dir = REPO / "results" / "models" / "smollm2-135m-instruct"

@@ -8,13 +8,13 @@ depend on which tokens are trained).
 
 Measurements (tokens/s = real, non-padding tokens per second of the epoch's steps; start-up, ZeRO set-up and
 checkpoint saving are excluded on both sides of every comparison):
-1. overhead: `agenttune.train.run_training` (HF Trainer + our callbacks) vs a hand-written loop doing the same work
+1. overhead: `agenttune.train.trainer.run_training` (HF Trainer + our callbacks) vs a hand-written loop doing the same work
    (same collator batches, AdamW, accumulation, clipping, LR schedule, a loss sync per step), on SmolLM2-135M with
-   the default config's freeze tuning (top 6 layers), packed rows when agenttune.pack is there, and on the tiny test
+   the default config's freeze tuning (top 6 layers), packed rows when agenttune.tokenize.pack is there, and on the tiny test
    Llama with full tuning; runs alternate and repeat, the median counts. Target: overhead <= 10%.
-2. packed vs unpacked rows (agenttune.pack, max_len 1024), SmolLM2-135M freeze tuning, through the pipeline.
+2. packed vs unpacked rows (agenttune.tokenize.pack, max_len 1024), SmolLM2-135M freeze tuning, through the pipeline.
 3. ZeRO-3 on 1 and 2 CPU ranks (gloo; the 2 ranks get 1 core each) vs the plain Trainer, SmolLM2-135M full
-   tuning, each as its own process started by agenttune.launch.
+   tuning, each as its own process started by agenttune.train.launch.
 
     .venv/bin/python bench/bench_train.py                 # all three, ~10 min on 2 idle cores
     .venv/bin/python bench/bench_train.py --only overhead --repeats 3 --out-json /tmp/bench_train.json
@@ -40,14 +40,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agenttune.launch import LaunchPlan, launch_command, launch_environment, run_command  # noqa: E402
-from agenttune.model import load_smollm2_tokenizer, prepare_smollm2, prepare_tiny  # noqa: E402
-from agenttune.tokenize import SHARD_SCHEMA, load_shards  # noqa: E402
-from agenttune.train import PadCollator, freeze_lower_layers, run_training, write_job_spec  # noqa: E402
+from agenttune.train.launch import LaunchPlan, launch_command, launch_environment, run_command  # noqa: E402
+from agenttune.train.base_model import load_smollm2_tokenizer, prepare_smollm2, prepare_tiny  # noqa: E402
+from agenttune.tokenize.shards import SHARD_SCHEMA, load_shards  # noqa: E402
+from agenttune.train.trainer import PadCollator, freeze_lower_layers, run_training, write_job_spec  # noqa: E402
 
 try:  # packing arrived in parallel with this benchmark; without it the packed rows are skipped
-    from agenttune import pack
-    from agenttune.tokenize import Encoded, shard_table, write_table_atomic
+    from agenttune.tokenize import pack
+    from agenttune.tokenize.shards import Encoded, shard_table, write_table_atomic
 except ImportError:
     pack = None
 
@@ -87,7 +87,7 @@ def sample_rows(tokenizer, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
 
 
 def write_rows(samples, folder: Path, packed: bool) -> list[Path]:
-    """One Parquet shard of the samples, unpacked or packed by agenttune.pack (best-fit decreasing)."""
+    """One Parquet shard of the samples, unpacked or packed by agenttune.tokenize.pack (best-fit decreasing)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train-0.parquet"
     if pack is not None:
@@ -190,7 +190,7 @@ def bench_overhead(models, samples, repeats, work) -> list[dict]:
 
 def bench_packing(models, samples, repeats, work) -> list[dict]:
     if pack is None:
-        print("agenttune.pack is absent: no packed-vs-unpacked row")
+        print("agenttune.tokenize.pack is absent: no packed-vs-unpacked row")
         return []
     cfg = {**BASE_CFG, **FREEZE}
     unpacked = write_rows(samples, work / "unpacked", packed=False)

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from agenttune.deps import module_files
+from agenttune.common.deps import module_files
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
@@ -14,7 +14,7 @@ SPLITS = ["train", "val", "test"]
 
 def library_code(script):
     """The package modules a rule's script imports, as inputs: an edited module re-runs the rules that run it
-    (Snakemake's `code` trigger sees the script only; agenttune.deps)."""
+    (Snakemake's `code` trigger sees the script only; agenttune.common.deps)."""
     return module_files(script, root=workflow.basedir)
 
 

@@ -47,7 +47,7 @@ rule predict:
     threads: 2
     params:
         # evaluate.batch_size is not a param (the script reads it from the config): outputs do not depend on it
-        # (agenttune.generate), so changing it must re-run nothing.
+        # (agenttune.evaluate.generate), so changing it must re-run nothing.
         generation=GENERATION,
         seed=config["seed"],
     script:

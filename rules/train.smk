@@ -1,5 +1,4 @@
-from agenttune.launch import plan_launch
-from agenttune.slurm import train_resources
+from agenttune.cluster.slurm import train_resources
 
 
 rule prepare_base_model:
@@ -18,10 +17,9 @@ rule prepare_base_model:
         "../scripts/prepare_base_model.py"
 
 
-# How the ranks of a training job start (agenttune.launch): checked here, at planning time, so that a bad
-# launcher/nodes/processes combination fails before any job runs. Multi-process Slurm jobs get `mpi`, `nodes` and
-# `tasks`, GPU jobs their gres per node (agenttune.slurm.train_resources; docs/training.md) and the GPU environment.
-TRAIN_LAUNCH = plan_launch(config["train"])
+# How the ranks of a training job start is checked at planning time by train_resources (agenttune.cluster), so
+# that a bad launcher/nodes/processes combination fails before any job runs. Multi-process Slurm jobs get `mpi`,
+# `nodes` and `tasks`, GPU jobs their gres per node (docs/training.md) and the GPU environment.
 TRAIN_ENV = (
     "../envs/train-cpu.yaml"
     if config["compute"]["device"] == "cpu"

@@ -1,10 +1,10 @@
 import json
 import sys
 
-from agenttune.atomic import write_text
-from agenttune.cost import format_markdown, plan_for_run, run_preflight, trainable_layers, write_csv
-from agenttune.manifest import write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.common.atomic import write_text
+from agenttune.cluster.cost import format_markdown, plan_for_run, run_preflight, trainable_layers, write_csv
+from agenttune.common.manifest import write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     p = snakemake.params

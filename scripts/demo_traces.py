@@ -1,5 +1,5 @@
 from agenttune.demo.generator import generate_traces, write_jsonl
-from agenttune.runlog import stage_log
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     demo = snakemake.params.demo

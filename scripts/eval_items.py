@@ -1,13 +1,13 @@
-from agenttune.benchmarks import build_items, write_items
-from agenttune.manifest import stage_manifest, write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.evaluate.items import build_items, write_items
+from agenttune.common.manifest import stage_manifest, write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     bench = snakemake.wildcards.benchmark
     inp = snakemake.input
     renderers = None
     if bench != "heldout":
-        from agenttune.data import make_renderers, resolve_config
+        from agenttune.data.format import make_renderers, resolve_config
 
         tokenizer = None
         if "model" in inp.keys():

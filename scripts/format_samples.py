@@ -1,8 +1,8 @@
 import json
 
-from agenttune.data import format_samples, resolve_config
-from agenttune.manifest import write_json_atomic, write_manifest
-from agenttune.runlog import stage_log
+from agenttune.data.format import format_samples, resolve_config
+from agenttune.common.manifest import write_json_atomic, write_manifest
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     cfg = resolve_config({"split": snakemake.params.split, "format": snakemake.params.format})

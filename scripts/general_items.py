@@ -1,7 +1,7 @@
-from agenttune.benchmarks import write_items
-from agenttune.general import general_items
-from agenttune.manifest import stage_manifest, write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.evaluate.items import write_items
+from agenttune.evaluate.general import general_items
+from agenttune.common.manifest import stage_manifest, write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     cfg, inp = dict(snakemake.params.general), snakemake.input

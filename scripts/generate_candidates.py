@@ -1,9 +1,9 @@
 import json
 
-from agenttune.candidates import endpoint_from_config, generate_candidates, tool_sets_from_traces, write_candidates
-from agenttune.data import read_samples
-from agenttune.manifest import write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.evaluate.candidates import endpoint_from_config, generate_candidates, tool_sets_from_traces, write_candidates
+from agenttune.data.format import read_samples
+from agenttune.common.manifest import write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     cfg = dict(snakemake.params.endpoint)

@@ -1,6 +1,6 @@
-from agenttune.human import import_sheets
-from agenttune.manifest import write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.evaluate.human import import_sheets
+from agenttune.common.manifest import write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     summary = import_sheets(snakemake.input.key, dict(snakemake.params.sheets))

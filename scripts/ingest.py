@@ -1,6 +1,6 @@
-from agenttune.sources import source_roles
-from agenttune.manifest import write_manifest
-from agenttune.runlog import stage_log
+from agenttune.traces.sources import source_roles
+from agenttune.common.manifest import write_manifest
+from agenttune.common.runlog import stage_log
 from agenttune.traces.ingest import SourceSpec, ingest
 
 with stage_log(snakemake.log[0]) as log:

@@ -1,6 +1,6 @@
-from agenttune.predict import predict
-from agenttune.manifest import write_manifest
-from agenttune.runlog import stage_log
+from agenttune.evaluate.predict import predict
+from agenttune.common.manifest import write_manifest
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
     # batch_size from the config, not params: it does not change outputs, so it must not trigger a re-run.

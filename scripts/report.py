@@ -1,5 +1,5 @@
-from agenttune.report import build_report
-from agenttune.runlog import stage_log
+from agenttune.report.build import build_report
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     inp, params, out = snakemake.input, snakemake.params, snakemake.output

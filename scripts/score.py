@@ -1,6 +1,6 @@
-from agenttune.evaluate import score_predictions
-from agenttune.manifest import write_json_atomic
-from agenttune.runlog import stage_log
+from agenttune.evaluate.score import score_predictions
+from agenttune.common.manifest import write_json_atomic
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     lam, fuzzy = snakemake.params.lam, snakemake.params.fuzzy

@@ -1,7 +1,7 @@
 import json
 
-from agenttune.runlog import stage_log
-from agenttune.tokenize import ChatEncoder, gather_manifest, manifest_extra
+from agenttune.common.runlog import stage_log
+from agenttune.tokenize.shards import ChatEncoder, gather_manifest, manifest_extra
 
 with stage_log(snakemake.log[0]) as log:
     plan = json.loads(open(snakemake.input.plan, encoding="utf-8").read())

@@ -4,9 +4,9 @@ import os
 # The Rust tokenizer's thread pool: as many threads as Snakemake gave the job (set before tokenizers loads).
 os.environ["RAYON_NUM_THREADS"] = str(snakemake.threads)
 
-from agenttune.manifest import write_json_atomic  # noqa: E402
-from agenttune.runlog import stage_log  # noqa: E402
-from agenttune.tokenize import tokenize_shard  # noqa: E402
+from agenttune.common.manifest import write_json_atomic  # noqa: E402
+from agenttune.common.runlog import stage_log  # noqa: E402
+from agenttune.tokenize.shards import tokenize_shard  # noqa: E402
 
 with stage_log(snakemake.log[0]) as log:
     plan = json.loads(open(snakemake.input.plan, encoding="utf-8").read())

@@ -1,5 +1,5 @@
-from agenttune.launch import run_epoch_job
-from agenttune.runlog import stage_log
+from agenttune.train.launch import run_epoch_job
+from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0], threads=snakemake.threads) as log:
     previous = snakemake.input.previous[0] if snakemake.input.previous else None

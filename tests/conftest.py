@@ -33,14 +33,14 @@ def shared_data(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from agenttune.model import load_smollm2_tokenizer
+    from agenttune.train.base_model import load_smollm2_tokenizer
 
     return load_smollm2_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    from agenttune.model import prepare_tiny
+    from agenttune.train.base_model import prepare_tiny
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     prepare_tiny(out, TINY_SHAPE, seed=0, tokenizer=smol_tokenizer)

@@ -1,4 +1,4 @@
-"""A stand-in for `srun` and `scontrol` inside a Slurm allocation, so that the launch commands agenttune.launch builds
+"""A stand-in for `srun` and `scontrol` inside a Slurm allocation, so that the launch commands agenttune.train.launch builds
 for Slurm run for real on one machine. srun starts its tasks as local processes with the SLURM_* variables a real
 job step gives them (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID, SLURM_NTASKS, SLURM_NNODES, SLURM_JOB_NODELIST,
 SLURM_JOB_ID); the allocation has FAKE_SLURM_JOB_NODES nodes (default: as many as the step), named fakenode<i>,

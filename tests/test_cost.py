@@ -1,4 +1,4 @@
-"""agenttune.cost: parameter counts, FLOPs, time/MFU, ZeRO-3 memory, preflight and the CLI.
+"""agenttune.cluster.cost: parameter counts, FLOPs, time/MFU, ZeRO-3 memory, preflight and the CLI.
 
 Every expected number here is worked out by hand in the comments, not taken from the code."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agenttune import cost
-from agenttune.cost import (GPUS, PRESETS, GiB, ModelShape, Plan, check, estimate_memory_zero3, estimate_time,
+from agenttune.cluster import cost
+from agenttune.cluster.cost import (GPUS, PRESETS, GiB, ModelShape, Plan, check, estimate_memory_zero3, estimate_time,
                             implied_mfu, mean_keys_per_token, preflight, read_measured_mfu, seed_table,
                             training_flops, zero3_model_states_mem)
 
@@ -156,7 +156,7 @@ def test_measured_mfu_from_train_py_metrics_is_rescaled(tmp_path):
     mfu, how = read_measured_mfu(metrics, shape, 4096)
     assert mfu == pytest.approx(0.15 * training_flops(shape, 1, 4096).total / (6 * shape.params))
     assert "measured" in how
-    metrics.write_text(json.dumps({"mfu": 0.15, "mfu_convention": "agenttune.cost"}))
+    metrics.write_text(json.dumps({"mfu": 0.15, "mfu_convention": "agenttune.cluster.cost"}))
     assert read_measured_mfu(metrics, shape, 4096)[0] == 0.15
     metrics.write_text(json.dumps({"mfu": None}))
     with pytest.raises(ValueError):
@@ -240,7 +240,7 @@ def test_preflight_tries_shorter_max_len_last():
 # --------------------------------------------------------------------------- CLI
 
 def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "agenttune.cost", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agenttune.cluster.cost", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -289,7 +289,7 @@ def _llama_config(layers, hidden, inter, heads, kv, vocab):
 
 
 def test_plan_for_run_reads_manifest_and_refuses_what_cannot_fit():
-    from agenttune.cost import plan_for_run, run_preflight
+    from agenttune.cluster.cost import plan_for_run, run_preflight
 
     qwen72 = _llama_config(80, 8192, 29568, 64, 8, 152064)
     qwen72["model_type"] = "qwen2"
@@ -308,7 +308,7 @@ def test_plan_for_run_reads_manifest_and_refuses_what_cannot_fit():
 
 
 def test_plan_for_run_rejects_an_empty_manifest():
-    from agenttune.cost import plan_for_run
+    from agenttune.cluster.cost import plan_for_run
 
     with pytest.raises(ValueError, match="no training tokens"):
         plan_for_run(_llama_config(2, 64, 128, 4, 2, 100), {"total_tokens": 0}, {"device": "cpu", "devices": 1,

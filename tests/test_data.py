@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agenttune.benchmarks import items_from_samples
-from agenttune.data import (DEFAULTS, SPLITS, FormatError, assign_split, format_samples, read_samples, render_trace,
+from agenttune.evaluate.items import items_from_samples
+from agenttune.data.format import (DEFAULTS, SPLITS, FormatError, assign_split, format_samples, read_samples, render_trace,
                             resolve_config)
-from agenttune.decontam import normal_key, query_key_text
+from agenttune.data.decontam import normal_key, query_key_text
 from agenttune.demo.generator import generate_traces
-from agenttune.parse import parse
+from agenttune.evaluate.parse import parse
 from agenttune.render import get_template
 from agenttune.traces.ingest import SourceSpec, ingest
 
@@ -231,7 +231,7 @@ def test_contamination_report_flags_a_planted_leak(tmp_path):
 
 
 def test_ngram_overlap_ignores_shared_preambles():
-    from agenttune.decontam import NgramOverlap
+    from agenttune.data.decontam import NgramOverlap
 
     preamble = "You will operate a MySQL database with SQL to answer the question below, one statement per turn."
     overlap = NgramOverlap(n=6, boilerplate_docs=10)

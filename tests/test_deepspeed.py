@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-3, for real on CPU (gloo): the generated config, one and two ranks, save, resume, kill, export.
 
-The runs go through the project's own launch commands (agenttune.launch) in subprocesses, as the train rule runs them:
+The runs go through the project's own launch commands (agenttune.train.launch) in subprocesses, as the train rule runs them:
 one rank with no launcher; two ranks with torchrun, with one rank per task under srun (tests/fake_slurm.py stands in
 for srun/scontrol), with torchrun on two "nodes" under srun, and with the DeepSpeed launcher.
 """
@@ -21,10 +21,11 @@ import pytest
 import fake_slurm
 from training_data import CFG, write_shards
 
-from agenttune import deepspeed as ds
-from agenttune.launch import LaunchPlan, find_free_port, launch_command, launch_environment, run_command
-from agenttune.manifest import sha256_file
-from agenttune.train import write_job_spec
+from agenttune.train import deepspeed as ds
+from agenttune.cluster.launch_plan import LaunchPlan
+from agenttune.train.launch import find_free_port, launch_command, launch_environment, run_command
+from agenttune.common.manifest import sha256_file
+from agenttune.train.trainer import write_job_spec
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO3 = dict(CFG, deepspeed={"stage": 3})
@@ -135,7 +136,7 @@ def test_one_rank_zero3_chained_epochs_equal_an_uninterrupted_run(one_rank):
     assert ds.zero_checkpoint_world_size(e2) == 1
     m = json.loads((e2 / "metrics.json").read_text())
     assert m["world_size"] == 1 and m["deepspeed_stage"] == 3 and m["global_step"] == 12
-    assert m["mfu_convention"] == "agenttune.cost" and 0 < m["mfu"] < 1
+    assert m["mfu_convention"] == "agenttune.cluster.cost" and 0 < m["mfu"] < 1
     written = json.loads((e2 / ds.CONFIG_NAME).read_text())
     assert written == ds.zero3_config(ZERO3, 64, on_gpu=False)
 
@@ -167,7 +168,7 @@ def test_epoch_folder_loads_with_plain_transformers_and_equals_the_zero_state(on
 
 
 def test_resume_refuses_a_different_world_size_or_a_plain_checkpoint(one_rank, tmp_path, tiny_model_dir, shards):
-    from agenttune.train import train_epoch
+    from agenttune.train.trainer import train_epoch
 
     with pytest.raises(ValueError, match="saved by 1 ZeRO rank.* this job has 2"):
         ds.check_resumable(one_rank["e1"], use_deepspeed=True, world_size=2)
@@ -212,7 +213,7 @@ def test_two_ranks_zero3_chained_with_a_killed_job_equal_an_uninterrupted_run(tm
     # here is the process that runs the launcher, as the train rule's script does.
     spec = write_job_spec(Path(str(e2) + ".launch.json"), tiny_model_dir, shards, e1, e2, 2,
                           dict(ZERO3, launcher="srun", nproc_per_node=2), SEED, COMPUTE)
-    job = ("import sys; from agenttune.launch import *\n"
+    job = ("import sys; from agenttune.train.launch import *; from agenttune.cluster.launch_plan import LaunchPlan\n"
            f"plan = LaunchPlan('srun', 1, 2, {find_free_port()})\n"
            f"sys.exit(run_command(launch_command(plan, {str(spec)!r}), "
            "launch_environment(plan, 2, False, True)))\n")

@@ -1,24 +1,24 @@
-"""Rules list the library modules their script imports (agenttune.deps), so an edited module re-runs exactly the
+"""Rules list the library modules their script imports (agenttune.common.deps), so an edited module re-runs exactly the
 stages that run it."""
 
 import re
 from pathlib import Path
 
-from agenttune.deps import module_files
+from agenttune.common.deps import module_files
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_scoring_depends_on_the_scorer_not_on_generation():
     score = module_files("scripts/score.py", root=REPO, relative_to=REPO)
-    assert {"agenttune/score.py", "agenttune/parse.py", "agenttune/evaluate.py"} <= set(score)
-    assert not {"agenttune/generate.py", "agenttune/predict.py", "agenttune/train.py"} & set(score)
+    assert {"agenttune/evaluate/metrics.py", "agenttune/evaluate/parse.py", "agenttune/evaluate/score.py"} <= set(score)
+    assert not {"agenttune/evaluate/generate.py", "agenttune/evaluate/predict.py", "agenttune/train/trainer.py"} & set(score)
 
 
 def test_generation_does_not_depend_on_the_scorer():
     predict = module_files("scripts/predict.py", root=REPO, relative_to=REPO)
-    assert {"agenttune/generate.py", "agenttune/predict.py", "agenttune/render/react.py"} <= set(predict)
-    assert "agenttune/score.py" not in predict and "agenttune/evaluate.py" not in predict
+    assert {"agenttune/evaluate/generate.py", "agenttune/evaluate/predict.py", "agenttune/render/react.py"} <= set(predict)
+    assert "agenttune/evaluate/metrics.py" not in predict and "agenttune/evaluate/score.py" not in predict
 
 
 def test_imports_inside_functions_and_registries_loaded_by_name_count():
@@ -27,9 +27,9 @@ def test_imports_inside_functions_and_registries_loaded_by_name_count():
     readers = {f"agenttune/traces/readers/{p.name}" for p in (REPO / "agenttune/traces/readers").glob("*.py")}
     assert readers <= ingest
     # ingestion does not run the templates: an edited template re-formats, it does not re-ingest
-    assert not any(f.startswith("agenttune/render/") for f in ingest) and "agenttune/data.py" not in ingest
-    # agenttune.general imports agenttune.benchmarks inside a function
-    assert "agenttune/benchmarks.py" in module_files("scripts/general_items.py", root=REPO, relative_to=REPO)
+    assert not any(f.startswith("agenttune/render/") for f in ingest) and "agenttune/data/format.py" not in ingest
+    # agenttune.evaluate.general imports agenttune.evaluate.items inside a function
+    assert "agenttune/evaluate/items.py" in module_files("scripts/general_items.py", root=REPO, relative_to=REPO)
 
 
 def test_relative_imports_and_package_inits(tmp_path):

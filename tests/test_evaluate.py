@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from agenttune.benchmarks import (
+from agenttune.evaluate.items import (
     TrainingQueries,
     bfcl_items,
     build_items,
@@ -19,9 +19,9 @@ from agenttune.benchmarks import (
     query_text,
     select,
 )
-from agenttune.candidates import CandidateError, candidate_trace, read_candidates
-from agenttune.evaluate import bfcl_correct, score_predictions
-from agenttune.general import general_items, general_loss
+from agenttune.evaluate.candidates import CandidateError, candidate_trace, read_candidates
+from agenttune.evaluate.score import bfcl_correct, score_predictions
+from agenttune.evaluate.general import general_items, general_loss
 from conftest import shared_data
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city.",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agenttune.generate import (
+from agenttune.evaluate.generate import (
     Generation,
     choose_engine,
     generate,
@@ -115,7 +115,7 @@ def test_linear_layers_give_each_row_the_same_bits_whatever_the_row_count(tiny):
 def test_slots_are_reused_as_rows_finish(tiny):
     """More prompts than slots, rows finishing at different steps: each row keeps its own slot until it finishes,
     and the freed slot is taken by the next prompt (the continuous batching of the exact engine)."""
-    import agenttune.generate as gen
+    import agenttune.evaluate.generate as gen
 
     model, tokenizer = tiny
     prompts = chat_prompts(tokenizer, 5)
@@ -194,7 +194,7 @@ def test_a_linear_shape_without_row_block_falls_back_to_hf(tiny_model_dir, monke
     """The probe may find no row block (cuBLAS, an odd CPU BLAS): loading falls back instead of failing, naming
     the shape, and no layer stays patched. Only the MLP's down projection (the only linear reading the intermediate
     size) lacks a block, so the layers before it in the model would have been patched by a patch-as-you-probe."""
-    import agenttune.generate as gen
+    import agenttune.evaluate.generate as gen
 
     intermediate = TINY_SHAPE["intermediate_size"]
     monkeypatch.setattr(gen, "invariant_row_block",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agenttune.human import SheetError, cohen_kappa_quadratic, export_sheet, import_sheets, read_sheet, summarise
+from agenttune.evaluate.human import SheetError, cohen_kappa_quadratic, export_sheet, import_sheets, read_sheet, summarise
 
 
 @pytest.fixture()

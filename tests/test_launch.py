@@ -1,4 +1,4 @@
-"""Launch commands: built by agenttune.launch from the config, and run for real where one machine allows.
+"""Launch commands: built by agenttune.train.launch from the config, and run for real where one machine allows.
 
 The Slurm commands run under tests/fake_slurm.py's srun/scontrol with a probe in place of Python, which records what
 each rank was started with: proof that the rendezvous is computed inside the job step from SLURM_JOB_NODELIST.
@@ -22,8 +22,9 @@ import yaml
 
 import fake_slurm
 
-from agenttune.launch import (LaunchPlan, launch_command, launch_environment, plan_launch,
-                              rank_environment, run_epoch_job, slurm_resources, srun_cpus_per_task)
+from agenttune.cluster.launch_plan import LaunchPlan, plan_launch, slurm_resources
+from agenttune.train.launch import (launch_command, launch_environment, rank_environment, run_epoch_job,
+                                    srun_cpus_per_task)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -32,7 +33,7 @@ PROBE = r'''
 import json, os, runpy, sys, tempfile
 argv = sys.argv[1:]
 module = argv[argv.index("-m") + 1] if "-m" in argv else None
-if module == "agenttune.launch" and "FAKE_NODE_GPUS" in os.environ:
+if module == "agenttune.train.launch" and "FAKE_NODE_GPUS" in os.environ:
     # Slurm gives each task of a GPU step its node's GPUs in CUDA_VISIBLE_DEVICES; the fake srun does not.
     os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["FAKE_NODE_GPUS"].split(";")[int(os.environ["SLURM_NODEID"])]
 keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
@@ -40,14 +41,14 @@ keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "
 fd, _ = tempfile.mkstemp(suffix=".json", dir=os.environ["PROBE_DIR"])  # one per process image: exec keeps the pid
 with os.fdopen(fd, "w") as fh:
     json.dump({"argv": argv, "env": {k: os.environ.get(k) for k in keys}}, fh)
-if module in ("agenttune.launch", "deepspeed.launcher.launch"):
+if module in ("agenttune.train.launch", "deepspeed.launcher.launch"):
     # The launchers run for real, in this process; what they start with sys.executable is this probe again.
     sys.executable = os.path.abspath(__file__)
     sys.argv = [module, *argv[argv.index("-m") + 2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
-elif module == "agenttune.train" and "PROBE_STAY" in os.environ:  # a rank that stays up, as agenttune.train does
+elif module == "agenttune.train.worker" and "PROBE_STAY" in os.environ:  # a rank that stays up, as agenttune.train.worker does
     import time
-    from agenttune.launch import die_with_parent
+    from agenttune.train.launch import die_with_parent
     die_with_parent()
     print("rank up", flush=True)
     time.sleep(120)
@@ -74,7 +75,7 @@ def _records(records: Path) -> list[dict]:
 
 def _ranks(records: list[dict]) -> list[dict]:
     """The workers' records, in rank order."""
-    workers = [r for r in records if r["argv"][r["argv"].index("-m") + 1] == "agenttune.train"]
+    workers = [r for r in records if r["argv"][r["argv"].index("-m") + 1] == "agenttune.train.worker"]
     return sorted(workers, key=lambda r: int(r["env"]["RANK"]))
 
 
@@ -82,7 +83,7 @@ def test_default_is_one_process_without_slurm_resources():
     plan = plan_launch({})
     assert plan == LaunchPlan("none", 1, 1, None) and plan.world_size == 1
     assert slurm_resources(plan) == {}
-    assert launch_command(plan, "/s.json", python="py") == ["py", "-m", "agenttune.train", "/s.json"]
+    assert launch_command(plan, "/s.json", python="py") == ["py", "-m", "agenttune.train.worker", "/s.json"]
 
 
 @pytest.mark.parametrize("cfg, expected", [
@@ -116,11 +117,11 @@ def test_run_epoch_job_refuses_resources_that_disagree_with_the_config(tmp_path)
 def test_single_node_commands():
     assert launch_command(LaunchPlan("torchrun", 1, 4), "/s.json", python="py") == [
         "py", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "4",
-        "-m", "agenttune.train", "/s.json"]
+        "-m", "agenttune.train.worker", "/s.json"]
     deepspeed = launch_command(LaunchPlan("deepspeed", 1, 8, 29400), "/s.json", python="py", env={})
     assert deepspeed[:3] == ["py", "-m", "deepspeed.launcher.launch"]
     assert deepspeed[4:] == ["--node_rank=0", "--master_addr=127.0.0.1", "--master_port=29400",
-                             "--module", "agenttune.train", "/s.json"]
+                             "--module", "agenttune.train.worker", "/s.json"]
     # no CUDA_VISIBLE_DEVICES (CPU, a machine of one's own): devices 0..P-1, as `deepspeed --num_gpus 8` took
     assert _world_info(deepspeed) == {"node0": [str(i) for i in range(8)]}
 
@@ -192,7 +193,7 @@ def test_srun_starts_one_rank_per_task_with_the_rendezvous_from_the_job_step(tmp
         ("0", "0", "4"), ("1", "1", "4"), ("2", "0", "4"), ("3", "1", "4")]
     # The first node's NodeAddr (its name, fakenode1, does not resolve), a port from the job id.
     assert {(e["MASTER_ADDR"], e["MASTER_PORT"], e["LOCAL_WORLD_SIZE"]) for e in envs} == {("127.0.0.1", "24242", "2")}
-    assert all(r["argv"] == ["-m", "agenttune.train", str(tmp_path / "spec.json")] for r in ranks)
+    assert all(r["argv"] == ["-m", "agenttune.train.worker", str(tmp_path / "spec.json")] for r in ranks)
 
 
 def test_torchrun_over_srun_uses_a_c10d_rendezvous_at_the_first_node(tmp_path):
@@ -236,9 +237,9 @@ def test_deepspeed_over_srun_refuses_a_node_with_fewer_gpus_than_ranks(tmp_path)
 
 
 def test_ranks_die_with_the_job_that_launched_them(tmp_path):
-    rank = "import time; from agenttune.launch import die_with_parent; die_with_parent(); print('up', flush=True); " \
+    rank = "import time; from agenttune.train.launch import die_with_parent; die_with_parent(); print('up', flush=True); " \
            "time.sleep(120)"
-    job = f"import sys; from agenttune.launch import run_command; run_command([sys.executable, '-c', {rank!r}], {{}})"
+    job = f"import sys; from agenttune.train.launch import run_command; run_command([sys.executable, '-c', {rank!r}], {{}})"
     proc = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "up"
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -253,7 +254,7 @@ def test_deepspeed_ranks_die_with_the_job_that_launched_them(tmp_path):
     """DeepSpeed's launcher is the job's own child: killed with the job, it takes its ranks along. (Started by the
     `deepspeed` runner it was a grandchild that outlived the job, with its ranks.)"""
     probe, records = _probe(tmp_path)
-    job = ("import sys; from agenttune.launch import LaunchPlan, launch_command, run_command; "
+    job = ("import sys; from agenttune.train.launch import LaunchPlan, launch_command, run_command; "
            f"run_command(launch_command(LaunchPlan('deepspeed', 1, 2), 's.json', python={probe!r}, env={{}}), {{}})")
     proc = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PROBE_DIR": str(records), "PROBE_STAY": "1", "DS_ACCELERATOR": "cpu"})
@@ -324,7 +325,7 @@ def test_srun_steps_get_the_cpus_of_their_gpus_or_their_share_of_the_node():
 
 def test_srun_steps_with_explicit_cpus_do_not_inherit_cpus_per_gpu(tmp_path, monkeypatch, capsys):
     """srun reads SLURM_CPUS_PER_GPU as --cpus-per-gpu, which Slurm refuses next to --cpus-per-task."""
-    from agenttune.launch import run_command
+    from agenttune.train.launch import run_command
 
     fake = tmp_path / "srun"
     fake.write_text("#!/bin/sh\necho \"CPG=${SLURM_CPUS_PER_GPU-unset}\"\n")

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from agenttune import mix
-from agenttune.benchmarks import items_from_samples
-from agenttune.data import format_samples, read_samples
+from agenttune.data import mix
+from agenttune.evaluate.items import items_from_samples
+from agenttune.data.format import format_samples, read_samples
 from agenttune.demo.generator import generate_traces
 
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from agenttune import mix
-from agenttune.data import SPLITS, FormatError, assign_split, format_samples, read_samples
+from agenttune.data import mix
+from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples, read_samples
 from agenttune.demo.generator import generate_traces
 from agenttune.demo.tools import TOOLS_BY_NAME
-from agenttune.render.negatives import ToolListIndex, mined_trace, terms
+from agenttune.data.negatives import ToolListIndex, mined_trace, terms
 
 from conftest import shared_data
 

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from agenttune.pack import (IGNORE_INDEX, PackedCollator, best_fit_decreasing, block_causal_mask, make_collator,
+from agenttune.tokenize.pack import (IGNORE_INDEX, PackedCollator, best_fit_decreasing, block_causal_mask, make_collator,
                             shards_are_packed)
-from agenttune.tokenize import ChatEncoder, shard_table, write_table_atomic
+from agenttune.tokenize.shards import ChatEncoder, shard_table, write_table_atomic
 
 from test_canonical import GOOD
 from test_tokenize import MULTI, render
@@ -143,7 +143,7 @@ def test_packed_sample_equals_the_sample_alone(tiny_model_dir, encoded, attn):
 
 
 def test_training_runs_on_packed_shards(tmp_path, tiny_model_dir, smol_tokenizer):
-    from agenttune.train import train_epoch
+    from agenttune.train.trainer import train_epoch
 
     encoder = ChatEncoder.from_hf(smol_tokenizer)
     samples = [render(t, name) for t in (GOOD, MULTI) for name in ("react", "openai_json", "autogpt", "tool_call")]

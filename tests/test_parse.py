@@ -1,10 +1,10 @@
-"""Tests for agenttune.parse: hand-checked outputs for each prompt template, and round trips."""
+"""Tests for agenttune.evaluate.parse: hand-checked outputs for each prompt template, and round trips."""
 
 import json
 
 import pytest
 
-from agenttune.parse import PARSERS, Call, ParsedOutput, parse
+from agenttune.evaluate.parse import PARSERS, Call, ParsedOutput, parse
 
 WEATHER = Call("get_weather", {"city": "Oslo", "unit": "celsius"})
 

@@ -1,4 +1,4 @@
-"""Every prompt template round-trips through agenttune.parse (render -> parse gives back the same tool calls and
+"""Every prompt template round-trips through agenttune.evaluate.parse (render -> parse gives back the same tool calls and
 the answers), in every tool-description format, on the demo traces and on the real data in ../shared/data;
 parallel calls, loss flags, stop strings, the AutoGPT one-liner, pass-through, and the tool_call template's use
 of a tokenizer's own tool prompt."""
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from agenttune.data import render_trace
+from agenttune.data.format import render_trace
 from agenttune.demo.generator import generate_traces
-from agenttune.parse import PARSERS, parse
+from agenttune.evaluate.parse import PARSERS, parse
 from agenttune.render import ALL, TEMPLATES, get_template, passthrough, tool_call
 from agenttune.render.common import turns
 from agenttune.render.tool_formats import TOOL_FORMATS, describe_tools
@@ -208,7 +208,7 @@ def test_smollm2_template_has_no_tools_so_the_builtin_prompt_is_written(smol_tok
 def test_a_template_that_handles_tools_gives_its_own_tool_prompt(smol_tokenizer):
     import copy
 
-    from agenttune.data import make_renderers
+    from agenttune.data.format import make_renderers
 
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = QWEN_LIKE

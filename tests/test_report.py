@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agenttune.evaluate import score_predictions
-from agenttune.report import build_report
+from agenttune.evaluate.score import score_predictions
+from agenttune.report.build import build_report
 from conftest import SHARED_DATA, planned_jobs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,12 +1,12 @@
-"""Tests for agenttune.score: fuzzy metrics, step and run scores, bootstrap CI, BFCL AST matching."""
+"""Tests for agenttune.evaluate.metrics: fuzzy metrics, step and run scores, bootstrap CI, BFCL AST matching."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from agenttune.parse import Call, ParsedOutput
-from agenttune.score import (
+from agenttune.evaluate.parse import Call, ParsedOutput
+from agenttune.evaluate.metrics import (
     StepScore,
     aggregate,
     bfcl_match,

@@ -14,9 +14,9 @@ import urllib.request
 import pytest
 import torch
 
-from agenttune.candidates import Endpoint, candidate_request, generate_candidates, read_candidates, write_candidates
-from agenttune.generate import generate
-from agenttune.serve import Backend, make_server
+from agenttune.evaluate.candidates import Endpoint, candidate_request, generate_candidates, read_candidates, write_candidates
+from agenttune.evaluate.generate import generate
+from agenttune.evaluate.serve import Backend, make_server
 
 KEY = "sk-test-0123456789abcdef"
 WEATHER = {"name": "get_weather", "description": "Get the weather for a city.",
@@ -132,7 +132,7 @@ def test_chat_completion_is_the_models_greedy_output(server):
 
 
 def test_tools_are_rendered_in_the_template_and_the_output_parsed(server):
-    from agenttune.parse import parse
+    from agenttune.evaluate.parse import parse
 
     body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "max_tokens": 12,
             "tools": [{"type": "function", "function": WEATHER}]}
@@ -169,7 +169,7 @@ def test_only_loopback_unless_allowed(server):
 
 
 def test_candidate_generation_over_http_then_review_and_merge(server, tmp_path):
-    from agenttune.benchmarks import build_items
+    from agenttune.evaluate.items import build_items
 
     endpoint = Endpoint(server["url"] + "/v1", "tiny-served", KEY)
     assert KEY not in repr(endpoint)

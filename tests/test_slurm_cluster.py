@@ -115,7 +115,7 @@ def test_bad_plans_stop_before_any_submission(cluster, tmp_path):
     # A run config asking for more GPUs per node than the site's nodes have, checked against the live cluster.
     run_cfg = tmp_path / "run.yaml"
     run_cfg.write_text(yaml.safe_dump({"train": {"launcher": "torchrun", "nodes": 1, "nproc_per_node": 4}}))
-    proc = subprocess.run([sys.executable, "-m", "agenttune.slurm", "check", "--configfile", str(run_cfg)],
+    proc = subprocess.run([sys.executable, "-m", "agenttune.cluster.slurm", "check", "--configfile", str(run_cfg)],
                           cwd=REPO, env=cluster, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "train.nproc_per_node 4 asks for 4 GPUs per node, but tests/slurm/site.yaml says a node has 2" \
@@ -206,7 +206,7 @@ def test_two_node_two_rank_zero3_training_matches_two_local_ranks(cluster, tmp_p
     the job step, DeepSpeed ZeRO-3 over gloo on CPU), ends with the same weights as two ranks on this machine."""
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     if "launcher" not in schema["properties"]["train"]["properties"]:
-        pytest.skip("this tree has no multi-rank training launch (train.launcher): agenttune.launch is not wired")
+        pytest.skip("this tree has no multi-rank training launch (train.launcher): agenttune.train.launch is not wired")
     run, local_run = f"{RUN}-2nodes", f"{LOCAL_RUN}-2ranks"
     for name in (run, local_run):
         shutil.rmtree(REPO / "results" / name, ignore_errors=True)
@@ -215,7 +215,7 @@ def test_two_node_two_rank_zero3_training_matches_two_local_ranks(cluster, tmp_p
     target = "checkpoints/epoch-2"
 
     # Two things this test needs from the training side, checked first so that their absence reads as a skip with
-    # the reason, not as a hung rendezvous: the train rule declares its GPUs per node (agenttune.slurm
+    # the reason, not as a hung rendezvous: the train rule declares its GPUs per node (agenttune.cluster.slurm
     # .train_resources), and the rendezvous address does not rely on node names resolving (node1 and node2 of the
     # test cluster do not; their NodeAddr does).
     dry = snakemake_slurm(cluster, "-n", "--configfile", "config/test/config.yaml", str(tmp_path / "two-nodes.yaml"),
@@ -225,14 +225,15 @@ def test_two_node_two_rank_zero3_training_matches_two_local_ranks(cluster, tmp_p
     train_block = planned[planned.index("rule train_epoch:"):]
     train_block = train_block[:train_block.index("\n\n")]
     if "gres=gpu:a100:1" not in train_block or "mpi=srun" not in train_block:
-        pytest.skip("rules/train.smk does not declare train_epoch's resources with agenttune.slurm.train_resources "
+        pytest.skip("rules/train.smk does not declare train_epoch's resources with agenttune.cluster.slurm.train_resources "
                     f"(planned: {train_block.splitlines()[-1].strip()})")
-    from agenttune.launch import LaunchPlan, launch_command
+    from agenttune.cluster.launch_plan import LaunchPlan
+    from agenttune.train.launch import launch_command
 
     command = " ".join(launch_command(LaunchPlan("torchrun", 2, 1), "spec.json"))
-    if "NodeAddr" not in command and "agenttune.slurm rendezvous" not in command:
-        pytest.skip("agenttune.launch takes MASTER_ADDR from the node name, which does not resolve on the test "
-                    "cluster: use the node's NodeAddr (agenttune.slurm.rendezvous)")
+    if "NodeAddr" not in command and "agenttune.cluster.slurm rendezvous" not in command:
+        pytest.skip("agenttune.train.launch takes MASTER_ADDR from the node name, which does not resolve on the test "
+                    "cluster: use the node's NodeAddr (agenttune.cluster.slurm.rendezvous)")
 
     proc = snakemake_slurm(cluster, "--configfile", "config/test/config.yaml", str(tmp_path / "two-nodes.yaml"),
                            "--config", f"run={run}", "--", f"results/{run}/{target}")

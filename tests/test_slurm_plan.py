@@ -1,4 +1,4 @@
-"""The Slurm plan checks (agenttune.slurm) on recorded `scontrol` outputs, and the slurm profile in dry runs.
+"""The Slurm plan checks (agenttune.cluster.slurm) on recorded `scontrol` outputs, and the slurm profile in dry runs.
 
 No cluster needed: tests/slurm/recorded/ holds the outputs of the live test cluster and of a typical A100 site.
 The same checks against the live cluster are in tests/test_slurm_cluster.py.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agenttune import slurm
+from agenttune.cluster import slurm
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDED = REPO / "tests" / "slurm" / "recorded"

@@ -1,4 +1,4 @@
-"""The on-disk bookkeeping of the data stage (agenttune.spill, agenttune.decontam.NgramOverlap): records come
+"""The on-disk bookkeeping of the data stage (agenttune.common.spill, agenttune.data.decontam.NgramOverlap): records come
 back complete and in order, the disk-backed n-gram report equals a direct in-memory computation, and the stage
 leaves no scratch files behind."""
 
@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from agenttune.data import FormatError, format_samples
-from agenttune.decontam import NgramOverlap, ngram_keys
+from agenttune.data.format import FormatError, format_samples
+from agenttune.data.decontam import NgramOverlap, ngram_keys
 from agenttune.demo.generator import generate_traces
-from agenttune.spill import CodeFile, Partitions
+from agenttune.common.spill import CodeFile, Partitions
 
 
 def test_partitions_keep_every_record_in_its_partition(tmp_path):
@@ -125,7 +125,7 @@ def test_scratch_removes_a_dead_process_leftovers(tmp_path):
     import subprocess
     import sys
 
-    from agenttune.spill import Scratch
+    from agenttune.common.spill import Scratch
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".scratch-{dead.stdout.strip()}-abc"

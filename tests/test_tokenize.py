@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from agenttune.render import TEMPLATES, get_template
-from agenttune.tokenize import (IGNORE_INDEX, ChatEncoder, Dropped, Encoded, SampleDropped, encode_sample,
+from agenttune.tokenize.shards import (IGNORE_INDEX, ChatEncoder, Dropped, Encoded, SampleDropped, encode_sample,
                                 encode_sample_reference, gather_manifest, load_shards, manifest_extra, plan_shards,
                                 plan_split, read_shard_samples, tokenize_shard, tokenize_split)
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 from training_data import CFG, write_shards
 
-from agenttune.cost import ModelShape, get_gpu, implied_mfu, read_measured_mfu
-from agenttune.manifest import sha256_file
-from agenttune.tokenize import load_shards
-from agenttune.train import run_training, train_epoch, write_job_spec
+from agenttune.cluster.cost import ModelShape, get_gpu, implied_mfu, read_measured_mfu
+from agenttune.common.manifest import sha256_file
+from agenttune.tokenize.shards import load_shards
+from agenttune.train.trainer import run_training, train_epoch, write_job_spec
 
 COMPUTE = {"device": "cpu", "devices": 1, "device_peak_flops": 1.6e11}
 
@@ -59,10 +59,10 @@ def test_chained_epochs_equal_uninterrupted_run(chained):
 def test_metrics_record_mfu_in_the_cost_modules_convention(chained, shards):
     path = chained["e2"] / "metrics.json"
     m = json.loads(path.read_text())
-    assert m["mfu_convention"] == "agenttune.cost" and m["world_size"] == 1 and m["mfu_devices"] == 1
+    assert m["mfu_convention"] == "agenttune.cluster.cost" and m["world_size"] == 1 and m["mfu_devices"] == 1
     assert m["tokens"] > 0 and m["train_time_s"] > 0 and m["peak_memory_bytes"] > 0 and m["deepspeed_stage"] is None
     assert len(m["loss_curve"]) == 6 and m["tokens_per_s"] == pytest.approx(m["tokens"] / m["train_time_s"], rel=1e-2)
-    # The number agenttune.cost computes for these tokens, rows and seconds: attention included, 6·N·T alone is less.
+    # The number agenttune.cluster.cost computes for these tokens, rows and seconds: attention included, 6·N·T alone is less.
     shape = ModelShape.from_hf_config(json.loads((chained["e2"] / "config.json").read_text()))
     rows = [len(r["input_ids"]) for r in load_shards(shards)]
     expected = implied_mfu(shape, sum(rows), m["train_time_s"] / 3600, 1, get_gpu("cpu", peak_flops=1.6e11), rows)
@@ -98,7 +98,7 @@ def test_killed_job_leaves_no_epoch_and_its_rerun_equals_the_uninterrupted_run(t
     # The epoch-2 job, as its own process (the rank entry point the launchers use), SIGKILLed three steps in: 17 of
     # its 20 steps and the checkpoint save are still ahead of it.
     spec = write_job_spec(tmp_path / "epoch-2.launch.json", tiny_model_dir, shards, e1, e2, 2, CFG, 5)
-    proc = subprocess.Popen([sys.executable, "-m", "agenttune.train", str(spec)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "agenttune.train.worker", str(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
@@ -120,8 +120,8 @@ def test_killed_job_leaves_no_epoch_and_its_rerun_equals_the_uninterrupted_run(t
 
 
 def test_mfu_counts_every_gpu_attention_and_recompute():
-    from agenttune.cost import training_flops
-    from agenttune.train import measured_mfu
+    from agenttune.cluster.cost import training_flops
+    from agenttune.train.trainer import measured_mfu
 
     config = {"num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
               "num_key_value_heads": 32, "vocab_size": 32000, "model_type": "llama"}
@@ -143,7 +143,7 @@ def test_mfu_counts_every_gpu_attention_and_recompute():
 
 
 def test_attention_falls_back_to_sdpa_and_says_why(monkeypatch):
-    from agenttune.train import pick_attn_implementation
+    from agenttune.train.trainer import pick_attn_implementation
 
     said = []
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
@@ -159,7 +159,7 @@ def test_attention_falls_back_to_sdpa_and_says_why(monkeypatch):
 
 def test_flash_attention_only_for_bf16_training(monkeypatch):
     """flash-attn rejects fp32 inputs at the first forward: an fp32 job on a GPU node with flash-attn gets sdpa."""
-    from agenttune.train import pick_attn_implementation
+    from agenttune.train.trainer import pick_attn_implementation
 
     said = []
     monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))
@@ -178,7 +178,7 @@ def test_flash_attention_only_for_bf16_training(monkeypatch):
 def test_bf16_training_keeps_fp32_weights_unless_zero_does(precision, on_gpu, deepspeed, weights, bf16):
     import torch
 
-    from agenttune.train import training_precision
+    from agenttune.train.trainer import training_precision
 
     assert training_precision({"precision": precision}, on_gpu, deepspeed) == (getattr(torch, weights), bf16)
 
@@ -186,7 +186,7 @@ def test_bf16_training_keeps_fp32_weights_unless_zero_does(precision, on_gpu, de
 def test_one_process_refuses_several_visible_gpus(tmp_path, monkeypatch, tiny_model_dir, shards):
     """launcher none with two GPUs in view: the Trainer would wrap the model in nn.DataParallel. Refused before any
     weight is loaded; a distributed rank (LOCAL_RANK set) sees its own GPU only and is not refused."""
-    from agenttune.train import refuse_data_parallel
+    from agenttune.train.trainer import refuse_data_parallel
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
@@ -206,7 +206,7 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir, s
 
     from transformers import AutoTokenizer
 
-    from agenttune.tokenize import ChatEncoder, shard_table, write_table_atomic
+    from agenttune.tokenize.shards import ChatEncoder, shard_table, write_table_atomic
     from test_canonical import GOOD
     from test_tokenize import MULTI, render
 

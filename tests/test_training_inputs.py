@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from agenttune.launch import LaunchPlan, find_free_port, launch_command, launch_environment, run_command
-from agenttune.pack import IGNORE_INDEX
-from agenttune.tokenize import ChatEncoder, load_shards, shard_table, write_table_atomic
-from agenttune.train import run_training, write_job_spec
+from agenttune.cluster.launch_plan import LaunchPlan
+from agenttune.train.launch import find_free_port, launch_command, launch_environment, run_command
+from agenttune.tokenize.pack import IGNORE_INDEX
+from agenttune.tokenize.shards import ChatEncoder, load_shards, shard_table, write_table_atomic
+from agenttune.train.trainer import run_training, write_job_spec
 
 from test_canonical import GOOD
 from test_tokenize import MULTI, render
@@ -186,7 +187,7 @@ def test_the_trainer_keeps_seq_lens_for_flash_attention_varlen(tmp_path, tiny_mo
     restart at every sample. Checked through the Trainer's own data loader (no GPU here to run the forward)."""
     from transformers import AutoModelForCausalLM, Trainer
 
-    from agenttune.train import TokenizedDataset, training_arguments, training_collator
+    from agenttune.train.trainer import TokenizedDataset, training_arguments, training_collator
 
     rows = sorted(load_shards(packed_shards), key=lambda r: r["id"])
     args = training_arguments(CFG, tmp_path / "work", SEED, on_gpu=False, world_size=1, bf16=False, ds_config=None)

@@ -4,7 +4,7 @@ The system turn gives the goal setting, the commands (the tools) and the respons
 is one JSON object `{"thoughts": {"text": ...}, "command": {"name": ..., "args": {...}}}`. The final answer is the
 `finish` command with `args: {"response": ...}`. A command's result comes back as a user turn
 `Command <name> returned: <result>`, as AutoGPT feeds it back. One command per step, so parallel calls become
-consecutive steps (agenttune.parse reads one command per response). Generation stops at a new `Command ` line.
+consecutive steps (agenttune.evaluate.parse reads one command per response). Generation stops at a new `Command ` line.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ itself holds call-like JSON, the API's message object `{"content": "..."}`: see 
 come back as one user turn with one JSON line per result, `{"role": "tool", "name": ..., "content": ...}`
 (the API's `role: tool` messages; the chat template only has system/user/assistant). Arguments are written as
 JSON objects rather than the API's JSON-encoded strings: the same information, without a second layer of
-escaping for a small model to learn (agenttune.parse reads both). Generation stops if the model starts writing a
+escaping for a small model to learn (agenttune.evaluate.parse reads both). Generation stops if the model starts writing a
 result itself.
 """
 
 from __future__ import annotations
 
-from agenttune.parse import parse_openai_json
+from agenttune.evaluate.parse import parse_openai_json
 from agenttune.render.common import assistant, dump, join_system, own_system, system, turns, user
 from agenttune.render.tool_formats import describe_tools
 

@@ -3,7 +3,7 @@
 The system turn holds the instruction and the tools; each assistant step is one Thought plus one Action and its
 Action Input (JSON), or a Final Answer; tool results come back as user turns starting with `Observation:`
 (context, never trained on). Generation stops at `Observation:`. A ReAct step names one action, so parallel
-calls become consecutive steps, each followed by its own Observation (agenttune.parse reads one action per step).
+calls become consecutive steps, each followed by its own Observation (agenttune.evaluate.parse reads one action per step).
 """
 
 from __future__ import annotations

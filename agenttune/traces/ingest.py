@@ -14,7 +14,7 @@ Checks, beyond validate_trace: call arguments that are not (valid JSON) objects,
 argument of its tool's schema, duplicate ids (within and across sources), and exact duplicates (same tools and
 messages as a kept trace: counted as deduplicated, not quarantined; checked before the id, so a repeated record
 is a duplicate, while a different record reusing an id is quarantined).
-The seen ids and content hashes wait on disk (agenttune.spill.SeenSet, in a scratch folder beside out_path that
+The seen ids and content hashes wait on disk (agenttune.common.spill.SeenSet, in a scratch folder beside out_path that
 is removed at the end), so memory does not grow with the number of records. A source that cannot be read at all (missing file, not JSON,
 wrong top-level type, unknown format) raises IngestError and nothing is written.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agenttune.spill import Scratch, SeenSet
+from agenttune.common.spill import Scratch, SeenSet
 from agenttune.traces.canonical import TraceError, validate_trace
 from agenttune.traces.readers import RawError, RawRecord, UnreadableFile, get_reader
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import agenttune
-from agenttune.atomic import write_text
+from agenttune.common.atomic import write_text
 
 KEY_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "pyarrow", "accelerate", "deepspeed",
                 "snakemake", "rouge-score", "sacrebleu")

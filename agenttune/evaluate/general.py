@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from agenttune.atomic import read_jsonl
+from agenttune.common.atomic import read_jsonl
 
 
 def general_items(source: str, max_items: int | None, seed: int, val_samples_path=None, test_samples_path=None,
@@ -28,8 +28,8 @@ def general_items(source: str, max_items: int | None, seed: int, val_samples_pat
     """
     import hashlib
 
-    from agenttune.benchmarks import TrainingQueries
-    from agenttune.data import read_samples
+    from agenttune.evaluate.items import TrainingQueries
+    from agenttune.data.format import read_samples
 
     def rank(key: str) -> str:
         return hashlib.sha256(f"{seed}\x1fgeneral\x1f{key}".encode()).hexdigest()

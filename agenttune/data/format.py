@@ -10,7 +10,7 @@ agenttune.render plus "negative_kind" on negatives, "general": true on mixed gen
 benchmark items) and the stats dict (the caller writes it as stats.json).
 
 How, in three streaming passes over the input (memory holds neither the traces nor the samples, nor anything per
-item: what the passes remember about each item waits on disk in a scratch folder, agenttune.spill, so memory
+item: what the passes remember about each item waits on disk in a scratch folder, agenttune.common.spill, so memory
 does not grow with the input):
   1. assign every trace to a split by its id (held-out tools/tasks and eval-only benchmark items go to test), so
      one trace never lands in two splits under two templates; collect the held-out query keys, the held-out
@@ -18,7 +18,7 @@ does not grow with the input):
   2. drop train/val items whose query duplicates a held-out one (exact or normalised; test > val > train);
      count positives; draw a number per negative candidate; score general queries against the split's tool lists
      (BM25) keeping the hardest; then fix, per split, how many negatives of each kind and how many general
-     samples to take (exact rational targets; agenttune.mix);
+     samples to take (exact rational targets; agenttune.data.mix);
   3. render and write: each trace in `renders_per_trace` templates drawn by weight from its id, each with a tool
      format drawn independently; per-step samples if asked; general chat interleaved proportionally into
      train/val (never test: evaluation would make no-tool items of it); the training text streamed past the
@@ -40,20 +40,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from agenttune import mix
-from agenttune.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
+from agenttune.data import mix
+from agenttune.data.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
 from agenttune.render import TEMPLATES, get_template, passthrough, tool_call
 from agenttune.render.common import turns
-from agenttune.render.negatives import ToolListIndex, mined_trace
-from agenttune.spill import Batched, CodeFile, Scratch, signed64
-from agenttune.sources import ROLES, FormatError, source_roles  # noqa: F401 (source_roles: re-exported)
+from agenttune.data.negatives import ToolListIndex, mined_trace
+from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
+from agenttune.traces.sources import ROLES, FormatError, source_roles  # noqa: F401 (source_roles: re-exported)
 from agenttune.traces.canonical import TraceError, validate_trace
 
 SPLITS = ("train", "val", "test")
 NEGATIVE_KINDS = ("user", "no_tool", "mined")
 CATEGORIES = ("positive", "no_tool", "fixed", "user", "general")
 DROPPED = 1 << 5
-# One n-gram partition per this many bytes of input keeps each partition's join small (agenttune.decontam).
+# One n-gram partition per this many bytes of input keeps each partition's join small (agenttune.data.decontam).
 NGRAM_PARTITION_BYTES = 4 << 20
 
 # The defaults of every optional key; config/schema.yaml documents the same values (tests/test_data.py checks).
@@ -501,7 +501,7 @@ class _Stage:
 
     def _smallest(self, sql: str, params: tuple, n: int, k: int) -> float:
         """A threshold t with exactly k of the n values selected by `sql` (ordered by u) <= t; -1 when k is 0
-        (agenttune.mix.smallest, with the values on disk)."""
+        (agenttune.data.mix.smallest, with the values on disk)."""
         if k <= 0 or n == 0:
             return -1.0
         k = min(k, n)

@@ -1,6 +1,6 @@
 """Evaluation benchmarks: the items a model is asked, built once per run and benchmark, before any generation.
 
-Takes: rendered samples (the data stage's splits), optionally a reviewed candidates file (agenttune.candidates) and
+Takes: rendered samples (the data stage's splits), optionally a reviewed candidates file (agenttune.evaluate.candidates) and
 a local copy of BFCL v3 (../shared/data/bfcl_v3 or wherever the config points).
 Gives: a list of evaluation items plus stats (what went in, what was dropped and why). An item is one prompt with
 what the right next step is:
@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agenttune.atomic import read_jsonl, write_jsonl
+from agenttune.common.atomic import read_jsonl, write_jsonl
 
 BENCHMARKS = ("heldout", "val", "bfcl")
 BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
@@ -171,7 +171,7 @@ def decontaminate(items: list[dict], training: TrainingQueries, stats: Counter, 
 
 def render_like_training(trace: dict, fmt_cfg: dict, seed: int, renderers) -> dict:
     """One sample of `trace` in the template and tool format the data stage would draw for it."""
-    from agenttune.data import choose_templates, choose_tool_format, render_trace
+    from agenttune.data.format import choose_templates, choose_tool_format, render_trace
 
     template = choose_templates(trace["id"], fmt_cfg["templates"], 1, seed)[0]
     tool_format = choose_tool_format(trace["id"], template, fmt_cfg["tool_formats"], seed)
@@ -232,7 +232,7 @@ def bfcl_items(root: str | Path, categories: list[str], max_per_category: int | 
 def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_path=None, format_cfg=None,
                 renderers=None, log=print) -> tuple[list[dict], dict]:
     """Items and stats of one benchmark. `cfg` is the `evaluate` config section."""
-    from agenttune.data import read_samples
+    from agenttune.data.format import read_samples
 
     stats: Counter = Counter()
     removed: list[dict] = []
@@ -245,7 +245,7 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
             training = TrainingQueries(read_samples(train_path), ngram)
             stats["overlapping_training_queries"] = sum(1 for it in items if training.contamination(it))
     elif benchmark == "val":
-        from agenttune.candidates import candidate_trace, read_candidates
+        from agenttune.evaluate.candidates import candidate_trace, read_candidates
 
         vcfg = cfg.get("val") or {}
         items = items_from_samples(read_samples(samples_path), "val", "val", stats)

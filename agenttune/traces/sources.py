@@ -1,7 +1,7 @@
 """The configured raw sources (`data.sources` plus the demo traces): names and roles, checked before anything is read.
 
 Its own small module because both the ingest job and the formatting job use it: the ingest job must not depend on
-the formatting code (an edited template re-runs formatting, not ingestion; agenttune.deps).
+the formatting code (an edited template re-runs formatting, not ingestion; agenttune.common.deps).
 """
 
 from __future__ import annotations

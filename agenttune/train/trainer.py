@@ -8,29 +8,27 @@ needed to resume (optimizer, scheduler, RNG, trainer_state.json; under DeepSpeed
 
 The LR schedule always spans `train.epochs` epochs, so epoch e of a chained run equals epoch e of an uninterrupted
 run. The epoch is written to `<out>.partial` first and renamed when complete: a killed job leaves nothing that
-looks finished. With several ranks (agenttune.launch starts them) every rank runs this code; rank 0 alone cleans,
-measures and renames. `python -m agenttune.train SPEC.json` is the rank entry point.
+looks finished. With several ranks (agenttune.train.launch starts them) every rank runs this code; rank 0 alone cleans,
+measures and renames. `python -m agenttune.train.worker SPEC.json` is the rank entry point.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from agenttune.cost import trainable_layers
-from agenttune.manifest import sha256_file, write_manifest
-from agenttune.pack import make_collator
-from agenttune.tokenize import IGNORE_INDEX, load_shards
+from agenttune.cluster.cost import trainable_layers
+from agenttune.common.manifest import sha256_file, write_manifest
+from agenttune.tokenize.pack import make_collator
+from agenttune.tokenize.shards import IGNORE_INDEX, load_shards
 
 
 class TokenizedDataset(Dataset):
@@ -199,7 +197,7 @@ def _peak_memory_bytes(on_gpu: bool) -> int:
 
 
 def _cuda_gpu_name() -> str | None:
-    """The agenttune.cost GPU entry of the CUDA device this job runs on, when it is one the cost module knows."""
+    """The agenttune.cluster.cost GPU entry of the CUDA device this job runs on, when it is one the cost module knows."""
     name = torch.cuda.get_device_name().lower()
     if "a100" in name:
         return "a100-80g" if torch.cuda.get_device_properties(0).total_memory > 60 * 2**30 else "a100-40g"
@@ -213,14 +211,14 @@ def _cuda_gpu_name() -> str | None:
 def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], seconds: float, world_size: int,
                  compute: dict | None, on_gpu: bool, grad_checkpointing: bool, log=print,
                  trainable_layers: int | None = None) -> dict:
-    """MFU in agenttune.cost's convention: its training_flops (6·N·T over the compute parameters + causal attention
+    """MFU in agenttune.cluster.cost's convention: its training_flops (6·N·T over the compute parameters + causal attention
     + the recomputed forward when checkpointing; with freeze tuning, the backward pass of the trainable top layers
     only) over the time × devices × peak FLOP/s of one device.
 
     Devices: the ranks on GPUs (one GPU each); on CPU the ranks share the machine, so `compute.devices` machines.
     Peak: `compute.device_peak_flops`, else the cost module's figure for `compute.device`, else the detected GPU.
     Returns the metrics entries (mfu None when no peak is known or the device kind does not match the config)."""
-    from agenttune.cost import GPUS, ModelShape, get_gpu, implied_mfu
+    from agenttune.cluster.cost import GPUS, ModelShape, get_gpu, implied_mfu
 
     compute = compute or {}
     kind = compute.get("device")
@@ -231,7 +229,7 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
         kind = None
     peak = compute.get("device_peak_flops") or (GPUS[kind].peak_flops if kind in GPUS and kind != "cpu" else None)
     devices = world_size if on_gpu else max(1, int(compute.get("devices", 1)))
-    entry = {"mfu": None, "mfu_convention": "agenttune.cost", "mfu_devices": devices, "device_peak_flops": peak,
+    entry = {"mfu": None, "mfu_convention": "agenttune.cluster.cost", "mfu_devices": devices, "device_peak_flops": peak,
              "mfu_gradient_checkpointing": grad_checkpointing, "mfu_trainable_layers": trainable_layers}
     if kind is None or not peak or not seconds or not row_lengths:
         return entry
@@ -307,7 +305,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from agenttune import deepspeed as ds
+    from agenttune.train import deepspeed as ds
 
     epoch = until_epoch
     out_dir = Path(out_dir)
@@ -451,7 +449,7 @@ def _write_epoch_manifest(folder: Path, base_model_dir, shard_paths, resume_from
 
 def write_job_spec(path: str | Path, base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch: int, cfg: dict,
                    seed: int, compute: dict | None = None, uninterrupted: bool = False) -> Path:
-    """The arguments of `train_epoch` as JSON, for `python -m agenttune.train SPEC` on every rank.
+    """The arguments of `train_epoch` as JSON, for `python -m agenttune.train.worker SPEC` on every rank.
     `uninterrupted`: train epochs 1..epoch in one go from the base model (the reference that chained per-epoch
     jobs must equal; tests and benchmarks use it)."""
     def absolute(p):
@@ -474,33 +472,3 @@ def write_job_spec(path: str | Path, base_model_dir, shard_paths, prev_epoch_dir
     tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    from agenttune.launch import die_with_parent
-
-    ap = argparse.ArgumentParser(prog="python -m agenttune.train",
-                                 description="Run one rank of a training job described by SPEC.json "
-                                             "(written by agenttune.launch).")
-    ap.add_argument("spec")
-    # The DeepSpeed launcher passes --local_rank; LOCAL_RANK in the environment says the same.
-    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    die_with_parent()  # a rank never outlives the launcher that started it
-    spec = json.loads(Path(args.spec).read_text())
-    start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
-
-    if spec.get("uninterrupted"):
-        run_training(spec["base_model_dir"], spec["shard_paths"], None, spec["out_dir"], spec["epoch"], spec["cfg"],
-                     spec["seed"], compute=spec.get("compute"), log=log)
-    else:
-        train_epoch(spec["base_model_dir"], spec["shard_paths"], spec["prev_epoch_dir"], spec["out_dir"],
-                    spec["epoch"], spec["cfg"], spec["seed"], compute=spec.get("compute"), log=log)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Takes: the `train` section of the run config (`launcher`, `nodes`, `nproc_per_node`, `master_port`), the job's
 threads and the Snakemake resources it was given.
-Gives: the command that starts every rank of `python -m agenttune.train SPEC` (built here, tested without a cluster)
+Gives: the command that starts every rank of `python -m agenttune.train.worker SPEC` (built here, tested without a cluster)
 and `run_epoch_job`, which the train rule's script calls: it trains in-process for `launcher: none`, otherwise writes
 the job spec next to the output, runs the launcher, streams the ranks' output into the job log and checks the result.
 
@@ -15,7 +15,7 @@ Launchers:
   ranks get CUDA_VISIBLE_DEVICES = the first P entries of the step's CUDA_VISIBLE_DEVICES (0..P-1 when it is unset:
   CPU runs, a machine of one's own), and fewer than P is refused. One node: started here, in the job. Several
   nodes: `srun` starts it once per node, and each task finds its node's GPUs and rank (SLURM_NODEID) itself
-  (`python -m agenttune.launch deepspeed-node`); no pdsh, no ssh. The `deepspeed` runner is not used: `--num_gpus`
+  (`python -m agenttune.train.launch deepspeed-node`); no pdsh, no ssh. The `deepspeed` runner is not used: `--num_gpus`
   makes it replace the job's CUDA_VISIBLE_DEVICES with 0..P-1, and across nodes it needs pdsh with passwordless
   ssh, or an MPI (openmpi, mpich, impi, mvapich); `--launcher slurm` wants a hostfile and `sinfo`, and its one srun
   task per rank runs `python SCRIPT` (no `-m`) without RANK/LOCAL_RANK: `launcher: srun` does that job here.
@@ -46,11 +46,11 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-LAUNCHERS = ("none", "torchrun", "deepspeed", "srun")
-WORKER_MODULE = "agenttune.train"
+from agenttune.cluster.launch_plan import LaunchPlan, plan_launch
+
+WORKER_MODULE = "agenttune.train.worker"
 # DeepSpeed's per-node launcher. Its --world_info (base64 JSON {node: [device ids]}) is the whole job: it starts one
 # rank per id of node --node_rank, numbers them after the ranks of the nodes listed before it, and gives each
 # CUDA_VISIBLE_DEVICES = that node's ids joined by "," (it only counts and joins them) and LOCAL_RANK = its index.
@@ -65,56 +65,6 @@ FIRST_HOST = ('HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST"); FIRST=${H
               'test -n "$FIRST"; NODE=$(scontrol show node "$FIRST" -o 2>/dev/null || true); '
               'if [[ $NODE =~ NodeAddr=([^[:space:]]+) ]]; then MASTER_ADDR=${BASH_REMATCH[1]}; '
               'else MASTER_ADDR=$FIRST; fi')
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    launcher: str = "none"
-    nodes: int = 1
-    nproc_per_node: int = 1
-    master_port: int | None = None
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.nproc_per_node
-
-
-def plan_launch(train_cfg: dict, resources: dict | None = None) -> LaunchPlan:
-    """The launch plan from the config; the Snakemake resources the job got (a profile may set them) must agree."""
-    plan = LaunchPlan(
-        launcher=train_cfg.get("launcher", "none"),
-        nodes=int(train_cfg.get("nodes", 1)),
-        nproc_per_node=int(train_cfg.get("nproc_per_node", 1)),
-        master_port=train_cfg.get("master_port"),
-    )
-    if plan.launcher not in LAUNCHERS:
-        raise ValueError(f"train.launcher: {plan.launcher!r} is not one of {', '.join(LAUNCHERS)}")
-    if plan.nodes < 1 or plan.nproc_per_node < 1:
-        raise ValueError("train.nodes and train.nproc_per_node must be at least 1")
-    if plan.launcher == "none" and plan.world_size > 1:
-        raise ValueError(f"train.launcher: none runs one process, but train.nodes × train.nproc_per_node = "
-                         f"{plan.world_size}: choose torchrun, deepspeed or srun")
-    expected = slurm_resources(plan)
-    for key, value in expected.items():
-        got = (resources or {}).get(key)
-        if got is not None and str(got) != str(value):
-            raise ValueError(f"the train_epoch job has resources {key}={got!r}, but the train config asks for "
-                             f"{key}={value!r} (launcher {plan.launcher}, {plan.nodes} node(s) × "
-                             f"{plan.nproc_per_node} process(es)); change the config, not the profile")
-    return plan
-
-
-def slurm_resources(plan: LaunchPlan) -> dict:
-    """The Snakemake resources the train rule declares for this plan (read by snakemake-executor-plugin-slurm).
-
-    `mpi` makes the plugin run the job itself in the batch step, where our own srun starts the tasks. Jobs that
-    stay on one node without srun get none of these (the plugin runs them in `srun -n1`, which torchrun and the
-    DeepSpeed launcher are happy inside)."""
-    if plan.launcher == "srun":
-        return {"nodes": plan.nodes, "tasks": plan.world_size, "mpi": "srun"}
-    if plan.nodes > 1:  # torchrun or deepspeed across nodes: one launcher per node
-        return {"nodes": plan.nodes, "tasks": plan.nodes, "mpi": "srun"}
-    return {}
 
 
 def worker_command(spec_path: str | Path, python: str = sys.executable) -> list[str]:
@@ -219,7 +169,7 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
             "set -euo pipefail; "
             f"{FIRST_HOST}; "
             f"MASTER_PORT={_port(plan)}; "
-            f"exec {q(python)} -m agenttune.launch deepspeed-node --nodes {plan.nodes} "
+            f"exec {q(python)} -m agenttune.train.launch deepspeed-node --nodes {plan.nodes} "
             f"--nproc_per_node {plan.nproc_per_node} "
             '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" '
             f"{q(spec)}"
@@ -240,9 +190,9 @@ def launch_command(plan: LaunchPlan, spec_path: str | Path, python: str = sys.ex
 
 
 def deepspeed_node_main(argv: list[str]) -> None:
-    """`python -m agenttune.launch deepspeed-node ...`: each task of the multi-node DeepSpeed step (one per node)
+    """`python -m agenttune.train.launch deepspeed-node ...`: each task of the multi-node DeepSpeed step (one per node)
     becomes DeepSpeed's per-node launcher for its node, SLURM_NODEID, on its own GPUs."""
-    ap = argparse.ArgumentParser(prog="python -m agenttune.launch deepspeed-node")
+    ap = argparse.ArgumentParser(prog="python -m agenttune.train.launch deepspeed-node")
     ap.add_argument("--nodes", type=int, required=True)
     ap.add_argument("--nproc_per_node", type=int, required=True)
     ap.add_argument("--master_addr", required=True)
@@ -250,13 +200,13 @@ def deepspeed_node_main(argv: list[str]) -> None:
     ap.add_argument("spec")
     args = ap.parse_args(argv)
     if "SLURM_NODEID" not in os.environ:
-        sys.exit("agenttune.launch deepspeed-node: SLURM_NODEID is not set; it runs in the tasks of an srun step")
+        sys.exit("agenttune.train.launch deepspeed-node: SLURM_NODEID is not set; it runs in the tasks of an srun step")
     node_rank = int(os.environ["SLURM_NODEID"])
     try:
         cmd = deepspeed_node_command(args.nodes, args.nproc_per_node, node_rank, args.master_addr, args.master_port,
                                      args.spec)
     except ValueError as err:
-        sys.exit(f"agenttune.launch: node {node_rank} ({os.environ.get('SLURMD_NODENAME', 'unnamed')}): {err}")
+        sys.exit(f"agenttune.train.launch: node {node_rank} ({os.environ.get('SLURMD_NODENAME', 'unnamed')}): {err}")
     # exec, not a child: srun's signals and --kill-on-bad-exit reach the launcher, and its exit code is the task's.
     os.execv(cmd[0], cmd)
 
@@ -336,7 +286,7 @@ def run_epoch_job(base_model_dir: str | Path, shard_paths: list, prev_epoch_dir:
     """Train epoch `epoch` as the config's launcher says; return the epoch's metrics."""
     import torch
 
-    from agenttune.train import train_epoch, write_job_spec
+    from agenttune.train.trainer import train_epoch, write_job_spec
 
     plan = plan_launch(train_cfg, resources)
     on_gpu = torch.cuda.is_available()
@@ -369,6 +319,6 @@ def run_epoch_job(base_model_dir: str | Path, shard_paths: list, prev_epoch_dir:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["deepspeed-node"]:
-        sys.exit("usage: python -m agenttune.launch deepspeed-node --nodes N --nproc_per_node P --master_addr A "
+        sys.exit("usage: python -m agenttune.train.launch deepspeed-node --nodes N --nproc_per_node P --master_addr A "
                  "--master_port PORT SPEC (run by the multi-node DeepSpeed launch command)")
     deepspeed_node_main(sys.argv[2:])

@@ -26,7 +26,7 @@ from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from agenttune.atomic import write_text
+from agenttune.common.atomic import write_text
 
 RUBRIC = (
     ("5", "fully correct: the right tool call (or answer), complete and usable as is"),

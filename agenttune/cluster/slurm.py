@@ -2,7 +2,7 @@
 
 Takes: a site file (`config/site.yaml`, or the file named by $AGENTTUNE_SLURM_SITE) that says what is particular to
 one cluster (partitions, account, QoS, the GPU's gres name/type and feature, GPUs per node, CPUs and memory per GPU,
-runtimes); a run's `train` section (launcher, nodes, ranks per node: agenttune.launch); and what the cluster reports
+runtimes); a run's `train` section (launcher, nodes, ranks per node: agenttune.train.launch); and what the cluster reports
 (`scontrol show partition -o`, `scontrol show node -o`, `scontrol show config`), read live or from recorded text.
 Gives: the `default-resources` / `set-resources` that profiles/slurm/config.yaml renders for
 snakemake-executor-plugin-slurm, the resources of the training job (nodes, one launcher task per node, gres per
@@ -10,8 +10,8 @@ node, `mpi: srun` when it spans nodes), the torchrun/DeepSpeed rendezvous of a j
 (unknown partition, more GPUs per node than the nodes have, a missing account where the site needs one, a runtime
 over the partition's limit, ...) raised together as one `SlurmPlanError` before anything is submitted.
 
-CLI: `python -m agenttune.slurm show` (the resources the profile will use) and
-`python -m agenttune.slurm check --configfile config/agenttune-7b.yaml` (site and run plan against the live
+CLI: `python -m agenttune.cluster.slurm show` (the resources the profile will use) and
+`python -m agenttune.cluster.slurm check --configfile config/agenttune-7b.yaml` (site and run plan against the live
 cluster, or against recorded `scontrol` text with --recorded DIR). docs/slurm.md explains the design.
 """
 
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from agenttune.cluster.launch_plan import plan_launch, slurm_resources
 
 SITE_ENV = "AGENTTUNE_SLURM_SITE"
 CHECK_ENV = "AGENTTUNE_SLURM_CHECK"  # "0": skip the checks against the live cluster (the site file is still checked)
@@ -167,9 +169,7 @@ def load_site(path: str | Path | None = None) -> Site:
 
 def train_shape(train_cfg: dict, source: str = "config") -> tuple[int, int]:
     """(nodes, GPUs per node) of the training job: the launch plan of the run config's `train` section
-    (`nodes` × `nproc_per_node` ranks, one GPU each; agenttune.launch)."""
-    from agenttune.launch import plan_launch
-
+    (`nodes` × `nproc_per_node` ranks, one GPU each; agenttune.train.launch)."""
     try:
         plan = plan_launch(train_cfg)
     except ValueError as e:
@@ -181,7 +181,7 @@ def train_resources(train_cfg: dict, site: Site | None = None, source: str = "co
     """Resources of the training job for snakemake-executor-plugin-slurm, from the run config's `train` section;
     what rules/train.smk declares for `train_epoch`.
 
-    agenttune.launch decides the tasks: one launcher per node for torchrun/DeepSpeed over several nodes, one task
+    agenttune.train.launch decides the tasks: one launcher per node for torchrun/DeepSpeed over several nodes, one task
     per rank for `launcher: srun`, and `mpi: "srun"` whenever the job's script starts them with srun itself (the
     plugin otherwise runs the job inside `srun -n1`, where a nested multi-task srun hangs). Here the GPUs are added
     as gres per node, `gpu:<type>:<nproc_per_node>`, so that every node of a multi-node job gets the same GPUs
@@ -189,8 +189,6 @@ def train_resources(train_cfg: dict, site: Site | None = None, source: str = "co
     `tasks` into `--ntasks-per-gpu`. The site file is the one the profile reads; without one (a machine that never
     uses Slurm) the job gets no gres.
     """
-    from agenttune.launch import plan_launch, slurm_resources
-
     if site is None and site_path().is_file():
         site = load_site()
     try:
@@ -605,7 +603,7 @@ def profile_settings_or_exit(path: str | Path | None = None) -> dict:
     try:
         return profile_settings(path)
     except SlurmPlanError as e:
-        print(f"agenttune.slurm: {e}", file=sys.stderr)
+        print(f"agenttune.cluster.slurm: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -665,7 +663,7 @@ def _recorded_cluster(folder: str) -> Cluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agenttune.slurm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agenttune.cluster.slurm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("show", "print the resources the slurm profile and the training job will ask for"),
                         ("check", "check the site file (and a run config) against the cluster; exit 1 on problems")):
@@ -682,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             values = rendezvous()
         except RuntimeError as e:
-            print(f"agenttune.slurm: {e}", file=sys.stderr)
+            print(f"agenttune.cluster.slurm: {e}", file=sys.stderr)
             return 1
         print("export " + " ".join(f"{k}={v}" for k, v in values.items()))
         return 0

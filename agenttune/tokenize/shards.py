@@ -49,8 +49,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agenttune.manifest import config_hash, sha256_file, write_json_atomic
-from agenttune.pack import PACKING_KEY, best_fit_decreasing, packing_efficiency
+from agenttune.common.manifest import config_hash, sha256_file, write_json_atomic
+from agenttune.tokenize.pack import PACKING_KEY, best_fit_decreasing, packing_efficiency
 
 IGNORE_INDEX = -100
 

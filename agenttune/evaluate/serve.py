@@ -1,10 +1,10 @@
 """A minimal OpenAI-compatible HTTP server for a base model or checkpoint, on loopback, for trying a tuned model and
 for pointing OpenAI-compatible tools (such as candidate generation) at it.
 
-    python -m agenttune.serve results/demo/checkpoints/epoch-2 --port 8000 [--template react] [--api-key-env VAR]
+    python -m agenttune.evaluate.serve results/demo/checkpoints/epoch-2 --port 8000 [--template react] [--api-key-env VAR]
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (`GET /health` for scripts). Decoding is greedy with the
-batch-invariant engine of agenttune.generate (one request at a time); `temperature`/`top_p` are accepted and ignored,
+batch-invariant engine of agenttune.evaluate.generate (one request at a time); `temperature`/`top_p` are accepted and ignored,
 `n > 1` and `stream: true` are refused.
 
 Requests with `tools` are rendered in the prompt template the model was tuned on (`--template`, `--tool-format`):
@@ -84,8 +84,8 @@ class Backend:
 
     def __init__(self, model_dir, template: str = "react", tool_format: str = "json_schema", name: str | None = None,
                  max_tokens_limit: int = 1024, log=print):
-        from agenttune.data import make_renderers
-        from agenttune.generate import load_for_generation
+        from agenttune.data.format import make_renderers
+        from agenttune.evaluate.generate import load_for_generation
 
         self.model, self.tokenizer = load_for_generation(model_dir, log=log)
         self.name = name or os.path.basename(os.path.normpath(str(model_dir)))
@@ -120,8 +120,8 @@ class Backend:
         return text, tuple(get_template(self.template).STOP), True
 
     def complete(self, body: dict) -> dict:
-        from agenttune.generate import generate
-        from agenttune.parse import parse
+        from agenttune.evaluate.generate import generate
+        from agenttune.evaluate.parse import parse
 
         if body.get("stream"):
             raise RequestError(400, "streaming is not supported")
@@ -239,7 +239,7 @@ def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 8000, api
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agenttune.serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agenttune.evaluate.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="an HF model folder: results/models/<name> or results/<run>/checkpoints/epoch-N")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

@@ -8,7 +8,7 @@ nothing is executed). Imports inside functions count too: they run when the stag
 A package `__init__` that loads its sibling modules by name (`importlib.import_module`, e.g. the trace readers'
 registry) depends on every module of that package.
 
-    module_files("scripts/score.py")  ->  ["agenttune/__init__.py", "agenttune/evaluate.py", ...]
+    module_files("scripts/score.py")  ->  ["agenttune/__init__.py", "agenttune/evaluate/score.py", ...]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 PACKAGE = "agenttune"
-_ROOT = Path(__file__).resolve().parent.parent  # the repository (or site-packages) folder holding the package
+_ROOT = Path(__file__).resolve().parents[2]  # the repository (or site-packages) folder holding the package
 
 
 def _module_path(name: str, root: Path) -> Path | None:

@@ -1,6 +1,6 @@
 """Bounded-memory bookkeeping for the streaming data stage.
 
-The formatting passes (agenttune.data) must remember a little about every item: its split and category, whether
+The formatting passes (agenttune.data.format) must remember a little about every item: its split and category, whether
 its id was seen before, the held-out query keys, one selection number per negative candidate and general item,
 the mined negatives, and the held-out n-grams. Kept in memory that grows with the input (about 90 bytes per
 input line measured); kept here it lives in files of one scratch folder and memory stays flat however large the
@@ -10,7 +10,7 @@ input is (bench/bench_format.py):
     selection; SQLite sorts on disk when a sort does not fit its cache);
   - `CodeFile`: one byte per item, written and read strictly in order;
   - `Partitions`: append-only int64 records routed to one of P files by a key, with a bounded write buffer
-    (the n-gram join in agenttune.decontam.NgramOverlap works one partition at a time).
+    (the n-gram join in agenttune.data.decontam.NgramOverlap works one partition at a time).
 
 Nothing here changes a result: it only decides where the numbers wait between passes.
 """

@@ -5,7 +5,7 @@ Takes: the `train` section of the run config (its `deepspeed` block: stage, offl
 and whether the job runs on GPUs.
 Gives: the DeepSpeed config dict that the HF Trainer receives (each epoch folder keeps a copy as
 `deepspeed_config.json`); checks that a checkpoint can be resumed by this job; a plain `model.safetensors` rebuilt from
-the ZeRO shards when a folder lacks one (`python -m agenttune.deepspeed export FOLDER`).
+the ZeRO shards when a folder lacks one (`python -m agenttune.train.deepspeed export FOLDER`).
 
 The optimizer and LR scheduler stay the HF Trainer's (torch AdamW), so a ZeRO run and a plain run follow the same
 update rule, except with optimizer offload, where DeepSpeed's CPU Adam does the step (torch's AdamW over offloaded
@@ -47,7 +47,7 @@ def zero3_config(train_cfg: dict, hidden_size: int, on_gpu: bool) -> dict:
     offload_optimizer = bool(ds.get("offload_optimizer", False))
     offload_params = bool(ds.get("offload_params", False))
     if offload_params and not offload_optimizer:
-        # DeepSpeed's memory estimator (and agenttune.cost) count parameter offload only with optimizer offload.
+        # DeepSpeed's memory estimator (and agenttune.cluster.cost) count parameter offload only with optimizer offload.
         raise ValueError("train.deepspeed.offload_params needs offload_optimizer: true as well")
     h2 = hidden_size * hidden_size
     zero = {
@@ -179,7 +179,7 @@ def has_plain_weights(folder: str | Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agenttune.deepspeed",
+    ap = argparse.ArgumentParser(prog="python -m agenttune.train.deepspeed",
                                  description="Write plain fp32 safetensors from a ZeRO checkpoint folder.")
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="consolidate the ZeRO shards of FOLDER into model.safetensors")

@@ -1,6 +1,6 @@
 """Score parsed model outputs against expected tool calls.
 
-Takes: `ParsedOutput`s from `agenttune.parse` and the expected `Call` of each step (None for a
+Takes: `ParsedOutput`s from `agenttune.evaluate.parse` and the expected `Call` of each step (None for a
 no-tool / hard-negative item), or BFCL ground truth and function schemas.
 Gives:
 - per-step `StepScore`s: exact match of the function name (em), fuzzy similarity of the
@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from agenttune.parse import Call, ParsedOutput
+from agenttune.evaluate.parse import Call, ParsedOutput
 
 
 # --- fuzzy similarity -----------------------------------------------------------------------
@@ -320,7 +320,7 @@ def bfcl_multi_match(calls: list[Call] | tuple[Call, ...], ground_truth_list: li
     return True, ""
 
 
-# Why a BFCL item failed, from agenttune.evaluate.bfcl_correct's reason (the report's outcome table; per category
+# Why a BFCL item failed, from agenttune.evaluate.score.bfcl_correct's reason (the report's outcome table; per category
 # the counts add up to its items).
 BFCL_OUTCOMES = ("correct", "no_call", "false_call", "malformed", "wrong_function", "call_count", "arguments")
 

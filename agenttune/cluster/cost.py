@@ -4,7 +4,7 @@ Takes: a model shape (a preset name or an HF `config.json`), a GPU type and coun
 max_len and the training flags (gradient checkpointing, ZeRO offload).
 Gives: training FLOPs, hours per epoch and GPU-hours at a stated MFU, a per-GPU memory breakdown,
 a preflight verdict that names the nearest configuration that fits, and the reproduction of the
-seed's cost table. CLI: `python -m agenttune.cost --help`. Formulas and sources: docs/cost.md.
+seed's cost table. CLI: `python -m agenttune.cluster.cost --help`. Formulas and sources: docs/cost.md.
 
 Conventions (docs/cost.md explains each):
 - FLOPs: 6·N·T for the dense part, N = every parameter except the input-embedding table (a lookup,
@@ -361,14 +361,14 @@ def read_measured_mfu(path: str | Path, shape: ModelShape, seq_len: SeqLens = DE
                       grad_checkpointing: bool = False) -> tuple[float, str]:
     """The `mfu` a training epoch recorded in metrics.json, in this module's FLOP count.
 
-    A file marked `"mfu_convention": "agenttune.cost"` is taken as is. Anything else is read as
-    agenttune/train.py writes it today, 6·`parameters`·T / wall / peak (no attention, no recompute),
+    A file marked `"mfu_convention": "agenttune.cluster.cost"` is taken as is. Anything else is read as
+    agenttune/train/trainer.py writes it today, 6·`parameters`·T / wall / peak (no attention, no recompute),
     and rescaled by training_flops per token / (6·parameters). Returns (mfu, how it was read)."""
     metrics = json.loads(Path(path).read_text())
     mfu = metrics.get("mfu")
     if not isinstance(mfu, (int, float)) or isinstance(mfu, bool) or mfu <= 0:
         raise ValueError(f"{path}: no positive 'mfu' (was device_peak_flops set for that run?)")
-    if metrics.get("mfu_convention") == "agenttune.cost":
+    if metrics.get("mfu_convention") == "agenttune.cluster.cost":
         return float(mfu), f"measured, {path}"
     n_params = metrics.get("parameters") or shape.params
     per_token = training_flops(shape, 1, seq_len, grad_checkpointing, metrics.get("mfu_trainable_layers")).total
@@ -740,7 +740,7 @@ def _read_manifest(path: str) -> tuple[float, SeqLens | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agenttune.cost",
+    ap = argparse.ArgumentParser(prog="python -m agenttune.cluster.cost",
                                  description="Estimate hours, GPU-hours and per-GPU memory of a ZeRO-3 fine-tune; "
                                              "refuse (exit 3) a plan that does not fit and name the nearest that does.")
     ap.add_argument("--model", help=f"preset ({', '.join(PRESETS)}) or path to config.json")

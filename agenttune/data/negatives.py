@@ -6,7 +6,7 @@ Gives: `ToolListIndex`, a BM25 index (Robertson & Zaragoza; k1 = 1.5, b = 0.75) 
 tool list (its tools' names, descriptions and parameter names and descriptions); `best(query)` returns the
 highest-scoring list and its score. A query that shares rare words with a tool list ("weather" with
 get_weather) scores high: such a query is a *hard* negative, because a model that merely pattern-matches on
-words would call a tool when the right move is to answer. (agenttune.data takes the hardest ones first.)
+words would call a tool when the right move is to answer. (agenttune.data.format takes the hardest ones first.)
 `mined_trace(general_trace, tools)` builds the negative: the general conversation, now offered those tools.
 
 Caveat: a general query can genuinely need one of the offered tools ("what is 17 * 23?" next to a calculator);

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from agenttune.spill import Partitions
+from agenttune.common.spill import Partitions
 
 _NON_ALNUM = re.compile(r"[\W_]+")
 
@@ -91,9 +91,9 @@ class NgramOverlap:
     counts overlap of content, which a real leak (a test query copied into the training data a few times) has.
 
     Memory does not grow with the input: the held-out n-grams (key, item) and every training text's distinct
-    n-gram keys go to `parts` files by key (agenttune.spill.Partitions); `report` joins them one partition at a
+    n-gram keys go to `parts` files by key (agenttune.common.spill.Partitions); `report` joins them one partition at a
     time, then adds up per item in blocks of items, reading the item names back from a file in order. Pick
-    `parts` so that one partition fits comfortably in memory (agenttune.data: one per 4 MiB of input)."""
+    `parts` so that one partition fits comfortably in memory (agenttune.data.format: one per 4 MiB of input)."""
 
     ITEM_BLOCK = 1 << 12
 

@@ -20,8 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from agenttune.atomic import read_jsonl, write_text
-from agenttune.score import BFCL_OUTCOMES, bootstrap_ci
+from agenttune.common.atomic import read_jsonl, write_text
+from agenttune.evaluate.metrics import BFCL_OUTCOMES, bootstrap_ci
 
 SLICE_TITLES = {"template": "prompt template", "tool_format": "tool-description format", "source": "source",
                 "task": "task", "kind": "item kind"}
@@ -277,7 +277,7 @@ COST_COLUMNS = (("config", "config"), ("gpus", "GPUs"), ("nodes", "nodes"), ("gp
 
 
 def _cost_section(doc: "Doc", preflight: dict, metrics: dict) -> None:
-    """The preflight's estimate (agenttune.cost) next to what the training epochs measured."""
+    """The preflight's estimate (agenttune.cluster.cost) next to what the training epochs measured."""
     doc.h(2, "Cost and memory")
     doc.p(f"Preflight, before any training job: {preflight['message']}. Time = training FLOPs (6·N·T, less "
           "with freeze tuning, plus attention at the real sample lengths, plus recompute with checkpointing) / "
@@ -295,7 +295,7 @@ def _cost_section(doc: "Doc", preflight: dict, metrics: dict) -> None:
                   [[m, _fmt(est_s, 0), _fmt(mt["wall_time_s"], 0), _fmt(mt["wall_time_s"] / est_s, 2),
                     _fmt(mt.get("mfu"), 3)] for m, mt in measured])
         doc.p("A measured MFU can replace the default for the next plan: `compute.mfu_metrics: "
-              "<run>/checkpoints/epoch-1/metrics.json`, or `python -m agenttune.cost --metrics` (docs/cost.md).")
+              "<run>/checkpoints/epoch-1/metrics.json`, or `python -m agenttune.cluster.cost --metrics` (docs/cost.md).")
 
 
 def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plot_paths: dict,

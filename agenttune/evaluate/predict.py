@@ -1,8 +1,8 @@
 """Evaluate stage, generation: a model and a benchmark's items -> predictions (greedy, batched).
 
-Takes: a model folder (the base model or an epoch checkpoint) and a benchmark's items (agenttune.benchmarks).
+Takes: a model folder (the base model or an epoch checkpoint) and a benchmark's items (agenttune.evaluate.items).
 Gives `predictions.jsonl`: one line per item: the item's identity and slices, the expected call, the raw output,
-the number of generated tokens and why generation stopped. Scoring is a separate job (agenttune.evaluate), so that
+the number of generated tokens and why generation stopped. Scoring is a separate job (agenttune.evaluate.score), so that
 changing λ or the fuzzy metric re-scores without regenerating.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agenttune.atomic import read_jsonl, write_jsonl
+from agenttune.common.atomic import read_jsonl, write_jsonl
 from agenttune.render import get_template
 
 PREDICTION_KEYS = ("id", "benchmark", "origin", "sample_id", "template", "tool_format", "source", "kind", "task",
@@ -31,7 +31,7 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
 
     import torch
 
-    from agenttune.generate import generate, load_for_generation
+    from agenttune.evaluate.generate import generate, load_for_generation
 
     torch.manual_seed(seed)
     items = read_jsonl(items_path)

@@ -29,7 +29,7 @@ rule cost_preflight:
         grad_checkpointing=config["train"].get("gradient_checkpointing", False),
         deepspeed=config["train"].get("deepspeed") or {},
         model_name=config["model"]["name"],
-        # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cost.training_flops)
+        # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cluster.cost.training_flops)
         tuning={
             k: config["train"].get(k) for k in ("tuning", "freeze_trainable_layers")
         },

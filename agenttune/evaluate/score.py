@@ -1,13 +1,13 @@
 """Evaluate stage, scoring: one model's predictions -> scores.
 
 The evaluate stage is three modules, one per kind of job, so that each job depends only on the code it runs
-(agenttune.deps): `agenttune.predict` (items + model -> predictions), this one (predictions -> scores, the only
-step that depends on λ and the fuzzy metric) and `agenttune.general` (general-ability retention).
-Takes: `predictions.jsonl` (agenttune.predict).
+(agenttune.common.deps): `agenttune.evaluate.predict` (items + model -> predictions), this one (predictions -> scores, the only
+step that depends on λ and the fuzzy metric) and `agenttune.evaluate.general` (general-ability retention).
+Takes: `predictions.jsonl` (agenttune.evaluate.predict).
 Gives `scores.json`:
   Score = EM(tool name) + λ·fuzzy(arguments) with its parts, false-call / missed-call / malformed rates, bootstrap
   95% CIs, the same metrics per template, tool format, source, task and kind, and for BFCL items the AST
-  accuracy per category (BFCL's rules, agenttune.score.bfcl_match).
+  accuracy per category (BFCL's rules, agenttune.evaluate.metrics.bfcl_match).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from agenttune.atomic import read_jsonl
-from agenttune.parse import Call, parse
-from agenttune.score import (BFCL_OUTCOMES, aggregate, bfcl_match, bfcl_multi_match, bfcl_outcome, bootstrap_ci,
+from agenttune.common.atomic import read_jsonl
+from agenttune.evaluate.parse import Call, parse
+from agenttune.evaluate.metrics import (BFCL_OUTCOMES, aggregate, bfcl_match, bfcl_multi_match, bfcl_outcome, bootstrap_ci,
                              score_step)
 
 SLICES = ("template", "tool_format", "source", "task", "kind")

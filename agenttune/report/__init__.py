@@ -1,0 +1,1 @@
+"""Report stage (rules/report.smk): the report and its plots."""
