@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import agenttune.traces.readers as readers
-from agenttune.traces.canonical import read_jsonl
+from agenttune.traces.canonical import read_traces
 from agenttune.traces.ingest import IngestError, SourceSpec, ingest
-from agenttune.traces.readers import READERS, get_reader, json_records
+from agenttune.traces.formats import READERS, get_reader
+from agenttune.traces.readers.common import UnreadableFile, json_records
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -34,7 +34,7 @@ def run(tmp_path: Path, *sources: SourceSpec):
     for entry in stats["sources"] + [stats["total"]]:
         assert entry["read"] == entry["kept"] + entry["quarantined"] + entry["deduplicated"], entry
         assert entry["quarantined"] == sum(entry["quarantined_by_kind"].values()), entry
-    traces = list(read_jsonl(out))  # re-validates every kept trace and the uniqueness of ids
+    traces = list(read_traces(out))  # re-validates every kept trace and the uniqueness of ids
     assert len(traces) == stats["total"]["kept"]
     quarantine = [json.loads(line) for line in quarantine_path.read_text(encoding="utf-8").splitlines()]
     assert len(quarantine) == stats["total"]["quarantined"]
@@ -526,7 +526,7 @@ def test_unreadable_source_raises_ingest_error_and_writes_nothing(tmp_path, name
 
 
 def test_json_list_streaming_matches_json_load(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "_CHUNK", 5)  # tiny windows: elements and numbers cross chunk edges
+    monkeypatch.setattr("agenttune.traces.readers.common._CHUNK", 5)  # tiny windows: elements and numbers cross chunk edges
     elements = [
         {"a": "x]y,z", "b": [1, 2, {"c": "é"}]},
         12345678901234567890,
@@ -568,7 +568,7 @@ def test_hf_dataset_source_syntax_and_mapping_without_loading():
         "agentinstruct",
     )
     assert hf.parse_source("org/data?format=sharegpt_tools") == ("org/data", "train", "sharegpt_tools")
-    with pytest.raises(readers.UnreadableFile, match="format="):
+    with pytest.raises(UnreadableFile, match="format="):
         hf.parse_source("org/data")
     trace = hf.to_trace({"format": "agentinstruct", "row": AI_GOOD}, "hf")
     assert trace["messages"][1] == {"role": "assistant", "content": "Ok.", "loss": False}
@@ -581,7 +581,7 @@ def test_docs_add_a_reader_example_works(tmp_path, monkeypatch):
     doc = (REPO / "docs" / "readers.md").read_text(encoding="utf-8")
     section = doc.split("## Adding a reader", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert '"qa_csv",' in section  # the one registry line
+    assert "    qa_csv,\n" in section  # the registry entry
     module_path = tmp_path / "qa_csv.py"
     module_path.write_text(code, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("qa_csv_doc_example", module_path)

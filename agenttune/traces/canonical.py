@@ -1,7 +1,8 @@
-"""The canonical trace model: validation and JSONL reading.
+"""The canonical trace model: validation, and reading a traces file with validation.
 
-Takes: JSON Lines files in the schema of docs/trace-schema.md.
-Gives: validated trace dicts, or a `TraceError` naming file, line, trace id and field.
+Takes: traces, or JSON Lines files of them, in the schema of docs/trace-schema.md.
+Gives: `validate_trace` and `read_traces` -> validated trace dicts, or a `TraceError` naming file, line, trace id
+and field (a plain JSON Lines file of the pipeline's own rows is read with `agenttune.common.atomic.read_jsonl`).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def validate_trace(trace: object) -> dict:
     return trace
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
+def read_traces(path: str | Path) -> Iterator[dict]:
     """Yield validated traces from a canonical JSONL file; stop at the first bad line with file, line and field."""
     path = Path(path)
     seen: dict[str, int] = {}

@@ -33,7 +33,8 @@ from typing import Iterator
 
 from agenttune.common.spill import Scratch, SeenSet
 from agenttune.traces.canonical import TraceError, validate_trace
-from agenttune.traces.readers import RawError, RawRecord, UnreadableFile, get_reader
+from agenttune.traces.formats import get_reader
+from agenttune.traces.readers.common import RawError, RawRecord, UnreadableFile
 
 # Reason text prefix -> kind; reasons are written by readers/__init__.py, the readers and canonical.validate_trace.
 REASON_KINDS = (

@@ -6,6 +6,8 @@ the formatting code (an edited template re-runs formatting, not ingestion; agent
 
 from __future__ import annotations
 
+from agenttune.common.config import section_with_defaults
+
 ROLES = ("traces", "general", "negatives")
 
 
@@ -18,7 +20,7 @@ def source_roles(sources: list[dict]) -> dict[str, str]:
     demo traces are source "demo"; a source's role decides what its traces become)."""
     roles: dict[str, str] = {}
     for i, source in enumerate(sources):
-        name, role = source["name"], source.get("role", "traces")
+        name, role = source["name"], section_with_defaults(source, "data", "sources", "items")["role"]
         if name in roles:
             raise FormatError(f"data.sources[{i}]: source name '{name}' is used twice (the demo traces are 'demo')")
         if role not in ROLES:

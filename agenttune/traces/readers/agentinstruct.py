@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agenttune.traces.canonical import TraceError
-from agenttune.traces.readers import RawRecord, expect, expect_object, read_path, trace, unknown_role
+from agenttune.traces.readers.common import RawRecord, expect, expect_object, read_path, trace, unknown_role
 
 FORMAT = "agentinstruct"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agenttune.traces.canonical import TraceError
-from agenttune.traces.readers import RawRecord, expect_object, read_path, trace
+from agenttune.traces.readers.common import RawRecord, expect_object, read_path, trace
 
 FORMAT = "alpaca"
 

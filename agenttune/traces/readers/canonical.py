@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from agenttune.traces.readers import RawRecord, expect_object, read_path
+from agenttune.traces.readers.common import RawRecord, expect_object, read_path
 
 FORMAT = "canonical"
 

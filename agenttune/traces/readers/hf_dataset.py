@@ -10,12 +10,16 @@ Gives: one RawRecord per row (`unit` "row", line = 1-based row number, raw id = 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 from urllib.parse import parse_qs
 
-from agenttune.traces.readers import RawRecord, UnreadableFile, expect_object, get_reader, raw_id_of
+from agenttune.traces.readers.common import RawRecord, UnreadableFile, expect_object, raw_id_of
 
 FORMAT = "hf_dataset"
+# Format name -> reader module, filled by the registry (agenttune.traces.readers) when it is imported; importing
+# the registry from here would be an import circle.
+INNER_READERS: dict[str, ModuleType] = {}
 
 
 def parse_source(path: Path | str) -> tuple[str, str, str]:
@@ -27,9 +31,17 @@ def parse_source(path: Path | str) -> tuple[str, str, str]:
     return name, options.get("split", "train"), options["format"]
 
 
+def inner_reader(fmt: str) -> ModuleType:
+    """The reader that maps this dataset's rows."""
+    if fmt not in INNER_READERS or fmt == FORMAT:
+        known = ", ".join(sorted(set(INNER_READERS) - {FORMAT}))
+        raise UnreadableFile(f"unknown trace format {fmt!r} for the rows of a dataset; known formats: {known}")
+    return INNER_READERS[fmt]
+
+
 def records(path: Path | str) -> Iterator[RawRecord]:
     name, split, inner = parse_source(path)
-    get_reader(inner)
+    inner_reader(inner)
     import datasets  # heavy, and only needed here
 
     for index, row in enumerate(datasets.load_dataset(name, split=split), start=1):
@@ -38,4 +50,4 @@ def records(path: Path | str) -> Iterator[RawRecord]:
 
 def to_trace(record_data: object, source: str) -> dict:
     record = expect_object(record_data)
-    return get_reader(record["format"]).to_trace(record["row"], source)
+    return inner_reader(record["format"]).to_trace(record["row"], source)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agenttune.traces.canonical import TraceError
-from agenttune.traces.readers import (
+from agenttune.traces.readers.common import (
     RawRecord,
     expect,
     expect_object,
