@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 def eval_prompts(tokenizer, n_items: int, seed: int = 1234) -> tuple[list[str], list[tuple]]:
     from agenttune.evaluate.items import items_from_sample, select
-    from agenttune.data.format import render_trace
+    from agenttune.render.samples import render_trace
     from agenttune.demo.generator import generate_traces
     from agenttune.evaluate.predict import prompts_and_stops
 

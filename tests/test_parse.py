@@ -1,10 +1,11 @@
-"""Tests for agenttune.evaluate.parse: hand-checked outputs for each prompt template, and round trips."""
+"""Tests for the template parsers (agenttune.render.parse): hand-checked outputs for each template, and round trips."""
 
 import json
 
 import pytest
 
-from agenttune.evaluate.parse import PARSERS, Call, ParsedOutput, parse
+from agenttune.render import PARSERS, parse
+from agenttune.render.parsing import Call, ParsedOutput
 
 WEATHER = Call("get_weather", {"city": "Oslo", "unit": "celsius"})
 

@@ -1,23 +1,25 @@
-"""Every prompt template round-trips through agenttune.evaluate.parse (render -> parse gives back the same tool calls and
+"""Every prompt template round-trips through its own parser (render -> parse gives back the same tool calls and
 the answers), in every tool-description format, on the demo traces and on the real data in ../shared/data;
 parallel calls, loss flags, stop strings, the AutoGPT one-liner, pass-through, and the tool_call template's use
 of a tokenizer's own tool prompt."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
-from agenttune.data.format import render_trace
 from agenttune.demo.generator import generate_traces
-from agenttune.evaluate.parse import PARSERS, parse
-from agenttune.render import ALL, TEMPLATES, get_template, passthrough, tool_call
+from agenttune.render import ALL, PARSERS, TEMPLATE_MODULES, TEMPLATES, get_template, parse, passthrough, tool_call
 from agenttune.render.common import turns
+from agenttune.render.samples import render_trace
 from agenttune.render.tool_formats import TOOL_FORMATS, describe_tools
 from agenttune.traces.ingest import SourceSpec, ingest
 
 from conftest import shared_data
 from test_canonical import GOOD
 
+REPO = Path(__file__).resolve().parents[1]
 ONE_CALL_PER_STEP = {name for name, module in TEMPLATES.items() if module.ONE_CALL_PER_STEP}
 
 PARALLEL = {
@@ -77,6 +79,32 @@ def test_registry_names_match_the_parsers_and_modules():
     assert set(TOOL_FORMATS) == {"json_schema", "react_list", "autogpt"}
     with pytest.raises(KeyError, match="unknown template 'nope'"):
         get_template("nope")
+
+
+def test_the_template_registry_is_the_one_list_of_templates():
+    """A template is one module that renders, parses and names its stops; the parsers, the stop strings and the
+    schema's template names all follow the registry (TEMPLATE_MODULES), so none can drift from it."""
+    assert list(TEMPLATES) == TEMPLATE_MODULES
+    assert set(ALL) == set(TEMPLATES) | {passthrough.NAME}
+    for name, module in ALL.items():
+        assert module.__name__ == f"agenttune.render.{name}" and module.NAME == name
+        assert callable(module.render)
+    # Parsers: one per choosable template, its own module's; pass-through has none (it makes no items).
+    assert PARSERS == {name: module.parse for name, module in TEMPLATES.items()}
+    assert not hasattr(passthrough, "parse")
+    for name, module in TEMPLATES.items():
+        text = "Final Answer: 4 C"
+        assert parse(name, text) == module.parse(text)
+    with pytest.raises(KeyError, match="no parser for prompt template 'passthrough'"):
+        parse("passthrough", "text")
+    # Stops: every template that a model is prompted with stops somewhere; the strings are the module's own.
+    for name, module in TEMPLATES.items():
+        assert module.STOP and get_template(name).STOP is module.STOP
+    # The schema accepts exactly the registered templates and tool formats.
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    fmt = schema["properties"]["format"]["properties"]
+    assert sorted(fmt["templates"]["propertyNames"]["enum"]) == sorted(TEMPLATES)
+    assert sorted(fmt["tool_formats"]["propertyNames"]["enum"]) == sorted(TOOL_FORMATS)
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -208,7 +236,7 @@ def test_smollm2_template_has_no_tools_so_the_builtin_prompt_is_written(smol_tok
 def test_a_template_that_handles_tools_gives_its_own_tool_prompt(smol_tokenizer):
     import copy
 
-    from agenttune.data.format import make_renderers
+    from agenttune.render.samples import make_renderers
 
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = QWEN_LIKE

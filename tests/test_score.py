@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agenttune.evaluate.parse import Call, ParsedOutput
+from agenttune.render.parsing import Call, ParsedOutput
 from agenttune.evaluate.metrics import (
     StepScore,
     aggregate,

@@ -132,7 +132,7 @@ def test_chat_completion_is_the_models_greedy_output(server):
 
 
 def test_tools_are_rendered_in_the_template_and_the_output_parsed(server):
-    from agenttune.evaluate.parse import parse
+    from agenttune.render import parse
 
     body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "max_tokens": 12,
             "tools": [{"type": "function", "function": WEATHER}]}

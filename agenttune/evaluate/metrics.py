@@ -1,7 +1,7 @@
 """Score parsed model outputs against expected tool calls.
 
-Takes: `ParsedOutput`s from `agenttune.evaluate.parse` and the expected `Call` of each step (None for a
-no-tool / hard-negative item), or BFCL ground truth and function schemas.
+Takes: `ParsedOutput`s (agenttune.render.parsing; each template module's `parse` gives them) and the expected
+`Call` of each step (None for a no-tool / hard-negative item), or BFCL ground truth and function schemas.
 Gives:
 - per-step `StepScore`s: exact match of the function name (em), fuzzy similarity of the
   canonical argument text (ROUGE-L or BLEU), and `score = em + lam * fuzzy`;
@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from agenttune.evaluate.parse import Call, ParsedOutput
+from agenttune.render.parsing import Call, ParsedOutput
 
 
 # --- fuzzy similarity -----------------------------------------------------------------------

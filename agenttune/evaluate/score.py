@@ -16,9 +16,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from agenttune.common.atomic import read_jsonl
-from agenttune.evaluate.parse import Call, parse
 from agenttune.evaluate.metrics import (BFCL_OUTCOMES, aggregate, bfcl_match, bfcl_multi_match, bfcl_outcome, bootstrap_ci,
                              score_step)
+from agenttune.render import parse
+from agenttune.render.parsing import Call
 
 SLICES = ("template", "tool_format", "source", "task", "kind")
 

@@ -1,35 +1,66 @@
-"""Rendering: canonical traces -> formatted chat samples, one module per prompt template.
+"""Rendering: canonical traces -> formatted chat samples, and model outputs -> calls, one module per prompt template.
 
 A sample is a dict: `{"id", "trace_id", "source", "kind", "task", "template", "tool_format", "messages": [...]}`
-(data.py adds a few more keys) where each message is `{"role": "system"|"user"|"assistant", "content": str,
-"loss": bool}` and assistant messages also carry `"tool_calls"` (the canonical calls they make, `[]` for an
-answer) so evaluation knows the expected call.
+(agenttune.data.format adds a few more keys) where each message is `{"role": "system"|"user"|"assistant",
+"content": str, "loss": bool}` and assistant messages also carry `"tool_calls"` (the canonical calls they make,
+`[]` for an answer) so evaluation knows the expected call. agenttune.render.samples draws a trace's templates and
+tool format and builds the sample; agenttune.render.parsing holds what the parsers return.
 
-A template module has `NAME` (the name agenttune.evaluate.parse knows it by), `STOP` (stop strings for generation: text
-that only appears when a model runs on past its turn, never inside a valid output of any template, because
-evaluation stops on the union of all templates' strings), `ONE_CALL_PER_STEP` (True when its format holds one
-call per step, so parallel calls become consecutive steps) and `render(trace, tool_format) -> list[message]`.
-To add a template: write `agenttune/render/<name>.py`, add a parser of the same name to agenttune/evaluate/parse.py and
-one line to TEMPLATES (and the name to `format.templates` in config/schema.yaml).
+A template is one module in this package with:
 
-`passthrough` is not a prompt template to choose: it keeps already-rendered text (AgentInstruct) and general chat.
+    NAME = "name"                       # the module's own name: samples, the config and evaluation use it
+    STOP = ("...",)                     # stop strings for generation (see below)
+    ONE_CALL_PER_STEP = True | False    # its format holds one call per step: parallel calls become consecutive steps
+    def render(trace, tool_format) -> list[message]
+    def parse(text) -> ParsedOutput     # what the model wrote for one step, read back
+
+and one line in `TEMPLATE_MODULES` below. STOP holds text that only appears when a model runs on past its turn,
+never inside a valid output of any template, because evaluation stops on the union of all templates' strings.
+Everything keyed by template name comes from this registry: `TEMPLATES`, `PARSERS`, `parse(template, text)`,
+each template's stops (`get_template(name).STOP`); config/schema.yaml lists the same names under
+`format.templates` (tests/test_render.py fails when they differ). docs/formatting.md shows how to add one.
+
+`passthrough` is not a prompt template to choose: it keeps already-rendered text (AgentInstruct) and general chat,
+and has no parser (its samples make no evaluation items).
 """
 
 from __future__ import annotations
 
-from agenttune.render import autogpt, openai_json, passthrough, react, tool_call
+import importlib
+from types import ModuleType
+from typing import Callable
 
-TEMPLATES = {
-    "react": react,
-    "openai_json": openai_json,
-    "autogpt": autogpt,
-    "tool_call": tool_call,
-}
-ALL = {**TEMPLATES, "passthrough": passthrough}
+from agenttune.render import passthrough
+from agenttune.render.parsing import ParsedOutput
+
+# The prompt templates a config can choose (`format.templates`), one module each.
+TEMPLATE_MODULES = [
+    "react",
+    "openai_json",
+    "autogpt",
+    "tool_call",
+]
+
+TEMPLATES: dict[str, ModuleType] = {}  # template name -> module
+for _module_name in TEMPLATE_MODULES:
+    _module = importlib.import_module(f"{__name__}.{_module_name}")
+    TEMPLATES[_module.NAME] = _module
+
+ALL: dict[str, ModuleType] = {**TEMPLATES, passthrough.NAME: passthrough}
+PARSERS: dict[str, Callable[[str], ParsedOutput]] = {name: module.parse for name, module in TEMPLATES.items()}
 
 
-def get_template(name: str):
+def get_template(name: str) -> ModuleType:
     try:
         return ALL[name]
     except KeyError:
         raise KeyError(f"unknown template '{name}' (known: {', '.join(sorted(ALL))})") from None
+
+
+def parse(template: str, text: str) -> ParsedOutput:
+    """Parse `text` with the parser of prompt template `template`; KeyError for an unknown template."""
+    try:
+        parser = PARSERS[template]
+    except KeyError:
+        raise KeyError(f"no parser for prompt template {template!r}; known: {', '.join(sorted(PARSERS))}") from None
+    return parser(text)

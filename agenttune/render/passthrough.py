@@ -4,8 +4,8 @@ For traces that are already rendered (AgentInstruct: the task prompt describes t
 environment answers in user turns; `meta.passthrough = true`) and for general chat data mixed into training.
 Every message keeps its role and text verbatim; an assistant turn keeps its per-turn loss flag (AgentInstruct
 marks the prompt-setup reply "Ok." `loss: false`). No tool list is written (tool format "none"), and such samples
-carry no structured `tool_calls`, so evaluation makes no tool items from them. Not a choice in `format.templates`:
-data.py uses it for exactly those two kinds of input.
+carry no structured `tool_calls`, so evaluation makes no tool items from them, and there is no parser. Not a choice
+in `format.templates`: agenttune.data.format uses it for exactly those two kinds of input.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The model's own chat template with tools: Hermes / Qwen `<tool_call>` JSON.
 
+Takes: a canonical trace (`render`), or the text a model wrote for one step (`parse`).
+Gives: the sample messages in this format, or the `ParsedOutput` the text amounts to.
+
 Assistant steps that call tools carry one block per call,
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` (several blocks are parallel calls), after the
 step's text if it has any; answers are plain text; results come back as one user turn of
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Callable
 
 from agenttune.render.common import assistant, dump, own_system, system, turns, user
+from agenttune.render.parsing import (Call, Malformed, ParsedOutput, answered_unless_call, call_arguments, call_name,
+                                      called, malformed, unfence, without_thinking)
 from agenttune.render.tool_formats import describe_tools
 
 NAME = "tool_call"
@@ -78,6 +84,43 @@ def render(trace: dict, tool_format: str = "json_schema", system_builder: System
                 messages.append(user("\n".join(f"<tool_response>\n{r['content']}\n</tool_response>"
                                                for r in turn["results"])))
     return messages
+
+
+# --- parsing ---------------------------------------------------------------------------------------------------
+
+_TOOL_CALL_TAG = re.compile(r"</?tool_call>")
+
+
+def parse(text: str) -> ParsedOutput:
+    """Qwen/Hermes style: one or more `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks.
+
+    Several blocks are parallel calls. An unclosed or stray tag, or a block whose JSON does not
+    parse, makes the whole output malformed. Text without tags is an answer.
+    """
+    body = without_thinking(text)
+    tags = list(_TOOL_CALL_TAG.finditer(body))
+    if not tags:
+        return answered_unless_call(body, NAME)
+    calls = []
+    for i in range(0, len(tags), 2):
+        open_tag, close_tag = tags[i], tags[i + 1] if i + 1 < len(tags) else None
+        if open_tag.group() != "<tool_call>":
+            return malformed("</tool_call> without an opening tag")
+        if close_tag is None or close_tag.group() != "</tool_call>":
+            return malformed("<tool_call> without a closing tag")
+        block = unfence(body[open_tag.end():close_tag.start()])
+        try:
+            obj = json.loads(block)
+        except json.JSONDecodeError as exc:
+            return malformed(f"invalid JSON in <tool_call> block {i // 2 + 1}: {exc.msg}")
+        try:
+            if not isinstance(obj, dict):
+                raise Malformed(f"<tool_call> block {i // 2 + 1} is not a JSON object")
+            args = obj["arguments"] if "arguments" in obj else obj.get("parameters")
+            calls.append(Call(call_name(obj.get("name")), call_arguments(args)))
+        except Malformed as exc:
+            return malformed(str(exc))
+    return called(calls)
 
 
 # --- the tokenizer's own tool prompt ---------------------------------------------------------------------------
