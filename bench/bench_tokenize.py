@@ -1,4 +1,4 @@
-"""Benchmark of the tokenize stage (agenttune.tokenize.shards): throughput against the peer path and the tokenizer limit,
+"""Benchmark of the tokenize stage (agenttune.tokenize): throughput against the peer path and the tokenizer limit,
 packing efficiency (ours and TRL's BFD), peak RSS against input size, and CPU training speed with packing.
 
 Data: every trace of ../shared/data AgentInstruct (db_538 + the six agenttuning_* samples) and glaive, ingested by
@@ -62,8 +62,9 @@ def build_samples(work: Path) -> Path:
     """The 1x samples file (ingest + render), as the formatting stage would write it."""
     import inspect
 
+    from agenttune.common.atomic import write_jsonl
     from agenttune.render import TEMPLATES, get_template
-    from agenttune.traces.canonical import read_jsonl
+    from agenttune.traces.canonical import read_traces
     from agenttune.traces.ingest import SourceSpec, ingest
 
     out = work / "samples-1x.jsonl"
@@ -78,33 +79,29 @@ def build_samples(work: Path) -> Path:
     specs.append(SourceSpec("glaive", str(SHARED / "glaive_toolcall" / "glaive_toolcall_en_demo.json"),
                             "sharegpt_tools"))
     ingest(specs, work / "traces.jsonl", work / "quarantine.jsonl", work / "ingest_stats.json")
-    with open(out, "w", encoding="utf-8") as fh:
-        for trace in read_jsonl(work / "traces.jsonl"):
+
+    def samples():
+        for trace in read_traces(work / "traces.jsonl"):
             names = ["passthrough"] if (trace.get("meta") or {}).get("passthrough") else sorted(TEMPLATES)
             for name in names:
                 module = get_template(name)
                 fmt = inspect.signature(module.render).parameters["tool_format"].default
-                sample = {"id": f"{trace['id']}#{name}", "source": trace["source"], "template": name,
-                          "tool_format": fmt, "messages": module.render(trace, fmt)}
-                fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                yield {"id": f"{trace['id']}#{name}", "source": trace["source"], "template": name,
+                       "tool_format": fmt, "messages": module.render(trace, fmt)}
+
+    # atomically: a killed run must not leave a half file that the next run's exists() check would take as done
+    write_jsonl(out, samples(), compact=False)
     return out
 
 
 def replicate(path: Path, k: int) -> Path:
+    from agenttune.common.atomic import read_jsonl, write_jsonl
+
     out = path.with_name(f"samples-{k}x.jsonl")
     if not out.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        with open(out, "w", encoding="utf-8") as fh:
-            for r in range(k):
-                for line in lines:
-                    s = json.loads(line)
-                    s["id"] = f"{s['id']}~{r}"
-                    fh.write(json.dumps(s, ensure_ascii=False) + "\n")
+        samples = read_jsonl(path)
+        write_jsonl(out, ({**s, "id": f"{s['id']}~{r}"} for r in range(k) for s in samples), compact=False)
     return out
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # --- throughput ---------------------------------------------------------------------------------------------------
@@ -114,7 +111,7 @@ def throughput(samples: list[dict], tok_dir: Path, repeats: int) -> dict:
     import datasets
     from transformers import AutoTokenizer
 
-    from agenttune.tokenize.shards import ChatEncoder, Dropped
+    from agenttune.tokenize.encoder import ChatEncoder, Dropped
 
     datasets.disable_progress_bars()
     hf = AutoTokenizer.from_pretrained(tok_dir)
@@ -207,7 +204,7 @@ print(json.dumps({"rows": len(packed), "tokens": tokens, "efficiency": tokens / 
 
 def packing(samples: list[dict], tok_dir: Path, trl_python: str | None, shard_samples: int = 2000) -> dict:
     from agenttune.tokenize.pack import best_fit_decreasing
-    from agenttune.tokenize.shards import ChatEncoder, Encoded
+    from agenttune.tokenize.encoder import ChatEncoder, Encoded
 
     out = {}
     for max_len in (4096, 2048):
@@ -252,7 +249,7 @@ def peak_rss_mib():
 
 STAGE = PEAK + """
 import json, sys, time
-from agenttune.tokenize.shards import tokenize_split
+from agenttune.tokenize.split import tokenize_split
 src, tok, out, cfg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 t0 = time.perf_counter()
 m = tokenize_split(src, tok, out, cfg)
@@ -265,7 +262,7 @@ print(json.dumps({"seconds": round(seconds, 3), "tokens": s["tokens"], "samples"
 
 FLOOR = PEAK + """
 import json, sys
-from agenttune.tokenize.shards import ChatEncoder
+from agenttune.tokenize.encoder import ChatEncoder
 e = ChatEncoder.from_folder(sys.argv[1]); e.render([[{"role": "user", "content": "hi"}]])
 print(json.dumps({"rss_mib": peak_rss_mib()}))
 """
@@ -300,7 +297,7 @@ def train_speed(samples: list[dict], tok_dir: Path, rows: int = 2, max_len: int 
     from transformers import AutoModelForCausalLM
 
     from agenttune.tokenize.pack import PackedCollator, best_fit_decreasing
-    from agenttune.tokenize.shards import ChatEncoder, Encoded
+    from agenttune.tokenize.encoder import ChatEncoder, Encoded
     from agenttune.train.trainer import PadCollator, freeze_lower_layers
 
     torch.set_num_threads(2)
@@ -361,6 +358,8 @@ def train_speed(samples: list[dict], tok_dir: Path, rows: int = 2, max_len: int 
 
 
 def main() -> None:
+    from agenttune.common.atomic import read_jsonl
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", default="/tmp/bench_tokenize")
@@ -378,11 +377,11 @@ def main() -> None:
                        "rayon_threads": os.environ["RAYON_NUM_THREADS"],
                        "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
                "tokenizer": str(tok_dir)}
-    samples_1x = read(one)
+    samples_1x = read_jsonl(one)
     parts = set(args.parts.split(","))
     if "throughput" in parts:
         summary["throughput_1x"] = throughput(samples_1x, tok_dir, args.repeats)
-        summary["throughput_10x"] = throughput(read(ten), tok_dir, args.repeats_10x)
+        summary["throughput_10x"] = throughput(read_jsonl(ten), tok_dir, args.repeats_10x)
     if "packing" in parts:
         summary["packing"] = packing(samples_1x, tok_dir, args.trl_python)
     if "rss" in parts:

@@ -41,13 +41,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agenttune.train.launch import LaunchPlan, launch_command, launch_environment, run_command  # noqa: E402
+from agenttune.common.atomic import iter_jsonl  # noqa: E402
 from agenttune.train.base_model import load_smollm2_tokenizer, prepare_smollm2, prepare_tiny  # noqa: E402
-from agenttune.tokenize.shards import SHARD_SCHEMA, load_shards  # noqa: E402
+from agenttune.tokenize.load import load_shards  # noqa: E402
+from agenttune.tokenize.shards import SHARD_SCHEMA  # noqa: E402
 from agenttune.train.trainer import PadCollator, freeze_lower_layers, run_training, write_job_spec  # noqa: E402
 
 try:  # packing arrived in parallel with this benchmark; without it the packed rows are skipped
     from agenttune.tokenize import pack
-    from agenttune.tokenize.shards import Encoded, shard_table, write_table_atomic
+    from agenttune.tokenize.encoder import Encoded
+    from agenttune.tokenize.shards import shard_table, write_table_atomic
 except ImportError:
     pack = None
 
@@ -70,8 +73,7 @@ def sample_rows(tokenizer, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     rows = []
     if AGENTINSTRUCT.is_file():
         role = {"human": "user", "gpt": "assistant"}
-        for line in AGENTINSTRUCT.read_text().splitlines():
-            rec = json.loads(line)
+        for rec in iter_jsonl(AGENTINSTRUCT):
             messages = [{"role": role[t["from"]], "content": t["value"]} for t in rec["conversations"]]
             text = tokenizer.apply_chat_template(messages, tokenize=False)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

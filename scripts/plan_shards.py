@@ -1,6 +1,6 @@
 from agenttune.common.manifest import write_json_atomic
 from agenttune.common.runlog import stage_log
-from agenttune.tokenize.shards import plan_shards
+from agenttune.tokenize.plan import plan_shards
 
 with stage_log(snakemake.log[0]) as log:
     samples = dict(zip(snakemake.params.splits, snakemake.input.samples))

@@ -1,7 +1,8 @@
 import json
 
 from agenttune.common.runlog import stage_log
-from agenttune.tokenize.shards import ChatEncoder, gather_manifest, manifest_extra
+from agenttune.tokenize.encoder import ChatEncoder
+from agenttune.tokenize.manifest import gather_manifest, manifest_extra
 
 with stage_log(snakemake.log[0]) as log:
     plan = json.loads(open(snakemake.input.plan, encoding="utf-8").read())

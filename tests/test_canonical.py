@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from agenttune.traces.canonical import TraceError, read_jsonl, validate_trace
+from agenttune.traces.canonical import TraceError, read_traces, validate_trace
 
 GOOD = {
     "id": "t1", "source": "unit",
@@ -24,13 +24,13 @@ def _write(tmp_path, lines):
 
 def test_good_trace_reads(tmp_path):
     p = _write(tmp_path, [json.dumps(GOOD)])
-    assert [t["id"] for t in read_jsonl(p)] == ["t1"]
+    assert [t["id"] for t in read_traces(p)] == ["t1"]
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
     p = _write(tmp_path, [json.dumps(GOOD), '{"id": "t2", "source": '])
     with pytest.raises(TraceError) as exc:
-        list(read_jsonl(p))
+        list(read_traces(p))
     assert f"{p}:2" in str(exc.value) and "malformed JSON" in str(exc.value)
 
 
@@ -39,7 +39,7 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     del bad["tools"]
     p = _write(tmp_path, [json.dumps(GOOD), json.dumps(bad)])
     with pytest.raises(TraceError) as exc:
-        list(read_jsonl(p))
+        list(read_traces(p))
     msg = str(exc.value)
     assert f"{p}:2" in msg and "field 'tools'" in msg and "id=t2" in msg and "missing" in msg
 
@@ -63,7 +63,7 @@ def test_schema_violations(mutate, field, reason):
 def test_non_utf8_and_duplicate_ids(tmp_path):
     p = _write(tmp_path, [json.dumps(GOOD), b'{"id": "\xff"}'])
     with pytest.raises(TraceError, match="not valid UTF-8"):
-        list(read_jsonl(p))
+        list(read_traces(p))
     p = _write(tmp_path, [json.dumps(GOOD), json.dumps(GOOD)])
     with pytest.raises(TraceError, match="duplicate id"):
-        list(read_jsonl(p))
+        list(read_traces(p))

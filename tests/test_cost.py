@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agenttune.cluster import cost
-from agenttune.cluster.cost import (GPUS, PRESETS, GiB, ModelShape, Plan, check, estimate_memory_zero3, estimate_time,
-                            implied_mfu, mean_keys_per_token, preflight, read_measured_mfu, seed_table,
-                            training_flops, zero3_model_states_mem)
+from agenttune.cluster.cost.devices import GPUS, GiB, get_gpu
+from agenttune.cluster.cost.fit import Plan, check, preflight
+from agenttune.cluster.cost.flops import (estimate_time, implied_mfu, mean_keys_per_token, read_measured_mfu,
+                                          training_flops)
+from agenttune.cluster.cost.memory import estimate_memory_zero3, zero3_model_states_mem
+from agenttune.cluster.cost.seed import seed_table
+from agenttune.cluster.cost.shapes import PRESETS, ModelShape, load_shape
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +65,7 @@ def test_qwen_presets_match_their_configs_and_published_sizes():
     # Qwen2.5-14B: per layer 2·5120² + 2·5120·1024 + 7,168 bias + 3·5120·13824 + 2·5120 = 275,268,608
     # · 48 = 13,212,893,184; + 2·152064·5120 = 1,557,135,360; + 5,120
     assert PRESETS["qwen2.5-14b"].params == 14_770_033_664
-    assert cost.load_shape("qwen2-14b") is PRESETS["qwen1.5-14b"]  # no Qwen2-14B exists; see docs/cost.md
+    assert load_shape("qwen2-14b") is PRESETS["qwen1.5-14b"]  # no Qwen2-14B exists; see docs/cost.md
 
 
 def test_toy_and_bias_rules():
@@ -125,7 +128,7 @@ def test_checkpointing_adds_exactly_one_forward_of_the_layers():
 
 def test_time_by_hand():
     # 1,272,000 FLOPs on 2 devices of 1e6 FLOP/s at MFU 0.5 → 1.272 s
-    gpu = cost.get_gpu("cpu", peak_flops=1e6)
+    gpu = get_gpu("cpu", peak_flops=1e6)
     t = estimate_time(TOY, 1000, 2, gpu, mfu=0.5, seq_len=3, epochs=3)
     assert t.hours_per_epoch * 3600 == pytest.approx(1.272)
     assert t.gpu_hours == pytest.approx(3 * 2 * 1.272 / 3600)
@@ -289,7 +292,7 @@ def _llama_config(layers, hidden, inter, heads, kv, vocab):
 
 
 def test_plan_for_run_reads_manifest_and_refuses_what_cannot_fit():
-    from agenttune.cluster.cost import plan_for_run, run_preflight
+    from agenttune.cluster.cost.preflight import plan_for_run, run_preflight
 
     qwen72 = _llama_config(80, 8192, 29568, 64, 8, 152064)
     qwen72["model_type"] = "qwen2"
@@ -308,7 +311,7 @@ def test_plan_for_run_reads_manifest_and_refuses_what_cannot_fit():
 
 
 def test_plan_for_run_rejects_an_empty_manifest():
-    from agenttune.cluster.cost import plan_for_run
+    from agenttune.cluster.cost.preflight import plan_for_run
 
     with pytest.raises(ValueError, match="no training tokens"):
         plan_for_run(_llama_config(2, 64, 128, 4, 2, 100), {"total_tokens": 0}, {"device": "cpu", "devices": 1,

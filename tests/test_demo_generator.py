@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agenttune.demo import TOOLS, TOOLS_BY_NAME, execute, generate_traces, safe_eval, write_jsonl
+from agenttune.common.atomic import write_jsonl
+from agenttune.demo import TOOLS, TOOLS_BY_NAME, execute, generate_traces, safe_eval
 from agenttune.traces.canonical import validate_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,8 @@ def test_calculator_rejects(expression):
 def test_same_arguments_same_traces_and_bytes(tmp_path):
     first, second = generate_traces(200, seed=5), generate_traces(200, seed=5)
     assert first == second
-    write_jsonl(first, tmp_path / "a.jsonl")
-    write_jsonl(second, tmp_path / "b" / "b.jsonl")
+    write_jsonl(tmp_path / "a.jsonl", first, compact=False)
+    write_jsonl(tmp_path / "b" / "b.jsonl", second, compact=False)
     assert _sha256(tmp_path / "a.jsonl") == _sha256(tmp_path / "b" / "b.jsonl")
 
 
@@ -158,15 +159,16 @@ def test_rejects_bad_arguments():
 
 def test_write_jsonl_format(tmp_path, traces):
     path = tmp_path / "demo.jsonl"
-    write_jsonl(traces[:50], path)
+    write_jsonl(path, traces[:50], compact=False)  # how the demo_traces stage writes them
     raw = path.read_bytes()
     assert raw.endswith(b"\n") and b"\r" not in raw
     lines = raw.decode("utf-8").split("\n")[:-1]
     assert [json.loads(line) for line in lines] == traces[:50]
     assert list(json.loads(lines[0])) == ["id", "source", "tools", "messages", "meta"]
+    assert lines[0].startswith('{"id": "demo-000000", "source": "demo", ')  # json.dumps' default separators
     assert [p.name for p in tmp_path.iterdir()] == ["demo.jsonl"]  # no temp file left behind
     everything = tmp_path / "all.jsonl"
-    write_jsonl(traces, everything)
+    write_jsonl(everything, traces, compact=False)
     assert "é" in everything.read_text(encoding="utf-8")  # ensure_ascii=False keeps accents readable
 
 

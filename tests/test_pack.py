@@ -7,9 +7,10 @@ import random
 import pytest
 import torch
 
-from agenttune.tokenize.pack import (IGNORE_INDEX, PackedCollator, best_fit_decreasing, block_causal_mask, make_collator,
-                            shards_are_packed)
-from agenttune.tokenize.shards import ChatEncoder, shard_table, write_table_atomic
+from agenttune.tokenize.encoder import IGNORE_INDEX, ChatEncoder
+from agenttune.tokenize.pack import (PackedCollator, best_fit_decreasing, block_causal_mask, make_collator,
+                                     shards_are_packed)
+from agenttune.tokenize.shards import shard_table, write_table_atomic
 
 from test_canonical import GOOD
 from test_tokenize import MULTI, render

@@ -9,9 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from agenttune.render import TEMPLATES, get_template
-from agenttune.tokenize.shards import (IGNORE_INDEX, ChatEncoder, Dropped, Encoded, SampleDropped, encode_sample,
-                                encode_sample_reference, gather_manifest, load_shards, manifest_extra, plan_shards,
-                                plan_split, read_shard_samples, tokenize_shard, tokenize_split)
+from agenttune.tokenize.encoder import (IGNORE_INDEX, ChatEncoder, Dropped, Encoded, SampleDropped, encode_sample,
+                                        encode_sample_reference)
+from agenttune.tokenize.load import load_shards
+from agenttune.tokenize.manifest import gather_manifest, manifest_extra
+from agenttune.tokenize.plan import plan_shards, plan_split, read_shard_samples
+from agenttune.tokenize.shards import tokenize_shard
+from agenttune.tokenize.split import tokenize_split
 
 from conftest import shared_data
 from test_canonical import GOOD
@@ -226,7 +230,7 @@ def test_folder_encoder_equals_the_transformers_tokenizer(smol_tokenizer, tiny_m
 def real_samples(tmp_path) -> list[dict]:
     """Every trace of ../shared/data AgentInstruct + glaive, ingested, rendered in every template (pass-through for
     AgentInstruct's already-rendered trajectories)."""
-    from agenttune.traces.canonical import read_jsonl
+    from agenttune.traces.canonical import read_traces
     from agenttune.traces.ingest import SourceSpec, ingest
 
     specs = [SourceSpec("agentinstruct", str(shared_data("agentinstruct", "db_538.jsonl")), "agentinstruct")]
@@ -237,7 +241,7 @@ def real_samples(tmp_path) -> list[dict]:
                             "sharegpt_tools"))
     ingest(specs, tmp_path / "traces.jsonl", tmp_path / "quarantine.jsonl", tmp_path / "stats.json")
     samples = []
-    for trace in read_jsonl(tmp_path / "traces.jsonl"):
+    for trace in read_traces(tmp_path / "traces.jsonl"):
         names = ["passthrough"] if (trace.get("meta") or {}).get("passthrough") else sorted(TEMPLATES)
         samples += [render(trace, name) for name in names]
     return samples

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agenttune.tokenize.shards import IGNORE_INDEX, SHARD_SCHEMA
+from agenttune.tokenize.encoder import IGNORE_INDEX
+from agenttune.tokenize.shards import SHARD_SCHEMA
 
 # The optimisation hyper-parameters every training test shares; tests add what they vary.
 CFG = {"epochs": 2, "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.0,

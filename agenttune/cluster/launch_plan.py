@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agenttune.common.config import section_with_defaults
+
 LAUNCHERS = ("none", "torchrun", "deepspeed", "srun")
 
 
@@ -27,10 +29,11 @@ class LaunchPlan:
 
 def plan_launch(train_cfg: dict, resources: dict | None = None) -> LaunchPlan:
     """The launch plan from the config; the Snakemake resources the job got (a profile may set them) must agree."""
+    train_cfg = section_with_defaults(train_cfg, "train")
     plan = LaunchPlan(
-        launcher=train_cfg.get("launcher", "none"),
-        nodes=int(train_cfg.get("nodes", 1)),
-        nproc_per_node=int(train_cfg.get("nproc_per_node", 1)),
+        launcher=train_cfg["launcher"],
+        nodes=int(train_cfg["nodes"]),
+        nproc_per_node=int(train_cfg["nproc_per_node"]),
         master_port=train_cfg.get("master_port"),
     )
     if plan.launcher not in LAUNCHERS:

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from agenttune.cluster.launch_plan import plan_launch, slurm_resources
+from agenttune.common.config import with_defaults
 
 SITE_ENV = "AGENTTUNE_SLURM_SITE"
 CHECK_ENV = "AGENTTUNE_SLURM_CHECK"  # "0": skip the checks against the live cluster (the site file is still checked)
@@ -648,11 +649,11 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_run_config(configfiles: list[str]) -> dict:
-    """config/config.yaml overlaid with each --configfile, as Snakemake merges them."""
+    """config/config.yaml overlaid with each --configfile, as Snakemake merges them, with the schema's defaults."""
     config = yaml.safe_load(DEFAULT_CONFIG.read_text()) if DEFAULT_CONFIG.is_file() else {}
     for path in configfiles:
         config = _deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
+    return with_defaults(config)
 
 
 def _recorded_cluster(folder: str) -> Cluster:

@@ -10,21 +10,34 @@ from pathlib import Path
 
 
 class _Tee:
-    def __init__(self, *streams):
-        self.streams = streams
+    """Stands in for sys.stdout / sys.stderr during a stage: writes to the stage's log and to the stream it replaced.
+
+    Libraries keep references to it past the stage: a logging handler created during the stage holds the sys.stderr
+    of that moment (absl's, which rouge-score pulls in, flushes and closes its handler at interpreter exit). So once
+    the log is closed the tee writes to the original stream alone, and `close` leaves both streams to their owners
+    (stage_log closes the log, the interpreter its own streams)."""
+
+    def __init__(self, log, stream):
+        self.log, self.stream = log, stream
 
     def write(self, data):
-        for s in self.streams:
-            s.write(data)
-            s.flush()
+        if not self.log.closed:
+            self.log.write(data)
+            self.log.flush()
+        self.stream.write(data)
+        self.stream.flush()
         return len(data)
 
     def flush(self):
-        for s in self.streams:
-            s.flush()
+        if not self.log.closed:
+            self.log.flush()
+        self.stream.flush()
 
     def isatty(self):
         return False
+
+    def close(self):
+        pass
 
 
 @contextlib.contextmanager

@@ -5,8 +5,7 @@ Gives:
       `n` traces: single-step and multi-step tool use run against the mock tools of `agenttune.demo.tools`,
       plus no-tool traces (questions that look tool-related but are answered directly). The same arguments
       always give the same list; all randomness comes from one `random.Random(seed)`.
-  write_jsonl(traces, path)
-      one trace per line, UTF-8, `\\n` endings, written atomically (temp file + os.replace).
+The demo_traces stage writes them with `agenttune.common.atomic.write_jsonl(path, traces, compact=False)`.
 """
 
 from __future__ import annotations
@@ -14,11 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
-import tempfile
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Callable
 
 from agenttune.demo.tools import (CITIES, CURRENCY_NAMES, LANGUAGES, PHRASES, STOCKS, TOOLS, TOOLS_BY_NAME,
@@ -899,21 +895,3 @@ def generate_traces(n: int, seed: int, no_tool_share: float = 0.2) -> list[dict]
             tools, messages, meta = _tool_trace(rng, rng.choice(MULTI_STEP if kind == "multi" else SINGLE_STEP))
         traces.append({"id": f"demo-{index:06d}", "source": "demo", "tools": tools, "messages": messages, "meta": meta})
     return traces
-
-
-def write_jsonl(traces: list[dict], path: str | os.PathLike) -> None:
-    """Write traces as JSON Lines, atomically: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(trace, ensure_ascii=False) + "\n" for trace in traces).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; the dataset is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -28,7 +28,8 @@ import bisect
 from pathlib import Path
 from typing import Sequence
 
-IGNORE_INDEX = -100
+from agenttune.tokenize.encoder import IGNORE_INDEX
+
 PACKING_KEY = b"agenttune.packing"
 
 

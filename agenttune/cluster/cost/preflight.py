@@ -1,0 +1,48 @@
+"""The pipeline's cost and memory preflight before any training job: what scripts/cost_preflight.py calls.
+
+Takes: the base model's config.json, the shards manifest, the run config's `compute` section and training flags.
+Gives: `plan_for_run` -> the run's `Plan`; `run_preflight` -> its `Verdict` and the table rows for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from agenttune.cluster.cost.devices import GiB, get_gpu
+from agenttune.cluster.cost.fit import DEFAULT_NODE_MEMORY_BYTES, Plan, Verdict, preflight
+from agenttune.cluster.cost.flops import read_measured_mfu
+from agenttune.cluster.cost.shapes import ModelShape
+from agenttune.cluster.cost.tables import plan_rows
+
+
+def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int, max_len: int,
+                 grad_checkpointing: bool = False, offload_optimizer: bool = False,
+                 offload_params: bool = False, model_name: str | None = None,
+                 trainable_layers: int | None = None) -> Plan:
+    """The Plan of one pipeline run: model shape from its config.json, tokens per epoch from the shards manifest,
+    devices and limits from the run config's `compute` section, MFU measured (a metrics.json) when given."""
+    shape = ModelShape.from_hf_config(model_config, name=model_name)
+    gpu = get_gpu(compute["device"], compute.get("device_peak_flops"), compute.get("device_memory_gib"))
+    tokens = float(manifest.get("total_tokens") or 0)
+    if tokens <= 0:
+        raise ValueError("the shards manifest counts no training tokens")
+    n_gpus = compute.get("devices", 1)
+    nodes = compute.get("nodes") or math.ceil(n_gpus / gpu.per_node)
+    plan = Plan(shape, gpu, n_gpus, nodes, epochs, tokens, max_len, manifest.get("row_lengths") or None,
+                grad_checkpointing, offload_optimizer or offload_params, offload_params,
+                time_limit_hours=compute.get("time_limit_hours"),
+                node_memory_bytes=int(compute.get("node_memory_gib", DEFAULT_NODE_MEMORY_BYTES / GiB) * GiB),
+                trainable_layers=trainable_layers)
+    if compute.get("mfu_metrics"):
+        mfu, source = read_measured_mfu(compute["mfu_metrics"], shape, plan.lengths, grad_checkpointing)
+        return replace(plan, mfu=mfu, mfu_source=source)
+    if compute.get("mfu"):
+        return replace(plan, mfu=float(compute["mfu"]), mfu_source=compute.get("mfu_source", "given in config"))
+    return plan
+
+
+def run_preflight(plan: Plan) -> tuple[Verdict, list[dict]]:
+    """Verdict (with the nearest fit when refused) and the table rows for the report."""
+    verdict = preflight(plan)
+    return verdict, plan_rows(verdict)
