@@ -1,6 +1,8 @@
 # agenttune: raw tool-use traces -> samples -> token shards -> per-epoch checkpoints -> evaluation report.
 from snakemake.utils import min_version, validate
 
+from agenttune.common.config import with_defaults
+
 min_version("9.0")
 
 
@@ -8,6 +10,8 @@ configfile: "config/config.yaml"
 
 
 validate(config, schema="config/schema.yaml")
+# Every default from the schema, also inside objects the config leaves out (validate fills only present ones).
+config.update(with_defaults(config))
 
 
 include: "rules/common.smk"

@@ -25,11 +25,10 @@ rule cost_preflight:
     params:
         compute=config["compute"],
         epochs=config["train"]["epochs"],
-        max_len=config["tokenize"]["max_len"],
-        grad_checkpointing=config["train"].get("gradient_checkpointing", False),
-        deepspeed=config["train"].get("deepspeed") or {},
+        grad_checkpointing=config["train"]["gradient_checkpointing"],
+        deepspeed=config["train"].get("deepspeed"),
         model_name=config["model"]["name"],
-        # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cluster.cost.training_flops)
+        # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cluster.cost.flops.training_flops)
         tuning={
             k: config["train"].get(k) for k in ("tuning", "freeze_trainable_layers")
         },

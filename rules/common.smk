@@ -29,7 +29,7 @@ wildcard_constraints:
 def ingest_sources():
     """The demo traces (when enabled) and then data.sources, as {name, path, format, limit, role}."""
     sources = []
-    if config["data"].get("demo", {}).get("n_traces", 0) > 0:
+    if "demo" in config["data"] and config["data"]["demo"]["n_traces"] > 0:
         sources.append(
             {
                 "name": "demo",
@@ -39,14 +39,14 @@ def ingest_sources():
                 "role": "traces",
             }
         )
-    for source in config["data"].get("sources", []):
+    for source in config["data"]["sources"]:
         sources.append(
             {
                 "name": source["name"],
                 "path": source["path"],
                 "format": source["format"],
-                "limit": source.get("limit"),
-                "role": source.get("role", "traces"),
+                "limit": source["limit"],
+                "role": source["role"],
             }
         )
     return sources

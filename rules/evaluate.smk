@@ -119,7 +119,7 @@ rule general_loss:
         "../envs/eval.yaml"
     threads: 2
     params:
-        precision=EVAL.get("precision", "fp32"),
+        precision=EVAL["precision"],
     script:
         "../scripts/general_loss.py"
 
@@ -141,7 +141,7 @@ rule human_sheet:
         "../envs/eval.yaml"
     params:
         models=HUMAN_MODELS,
-        n_items=HUMAN.get("n_items", 12),
+        n_items=HUMAN["n_items"],
         seed=config["seed"],
     script:
         "../scripts/human_sheet.py"

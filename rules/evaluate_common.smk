@@ -3,23 +3,16 @@
 EVAL = config["evaluate"]
 # Benchmarks besides the held-out test split, in a fixed order; each is on when its config section is present.
 EXTRA_BENCHMARKS = [b for b in ("val", "bfcl") if EVAL.get(b) is not None]
-BFCL_CATEGORIES = (EVAL.get("bfcl") or {}).get(
-    "categories", ["simple", "multiple", "parallel", "irrelevance"]
-)
-HUMAN = EVAL.get("human") or {}
-HUMAN_MODELS = sorted(
-    {
-        EVAL_MODELS[-1] if m == "last" else m
-        for m in HUMAN.get("models", ["base", "last"])
-    }
-)
+BFCL_CATEGORIES = EVAL["bfcl"]["categories"] if "bfcl" in EVAL else []
+HUMAN = EVAL["human"]
+HUMAN_MODELS = sorted({EVAL_MODELS[-1] if m == "last" else m for m in HUMAN["models"]})
 if not set(HUMAN_MODELS) <= set(EVAL_MODELS):
     raise ValueError(
         f"evaluate.human.models: {sorted(set(HUMAN_MODELS) - set(EVAL_MODELS))} not among the evaluated models {EVAL_MODELS}"
     )
 HUMAN_MODELS.sort(key=EVAL_MODELS.index)
-GENERATION = {k: EVAL.get(k) for k in ("max_new_tokens", "precision", "engine")}
-GENERAL = EVAL.get("general") or {"source": "auto", "max_items": 64}
+GENERATION = {k: EVAL[k] for k in ("max_new_tokens", "precision", "engine")}
+GENERAL = EVAL["general"]
 
 
 def general_items_inputs(wildcards):

@@ -32,6 +32,6 @@ rule report:
         run=RUN,
         models=EVAL_MODELS,
         benchmarks=EXTRA_BENCHMARKS,
-        examples=EVAL.get("examples", 3),
+        examples=EVAL["examples"],
     script:
         "../scripts/report.py"

@@ -1,8 +1,10 @@
 import json
 import sys
 
+from agenttune.cluster.cost.flops import trainable_layers
+from agenttune.cluster.cost.preflight import plan_for_run, run_preflight
+from agenttune.cluster.cost.tables import format_markdown, write_csv
 from agenttune.common.atomic import write_text
-from agenttune.cluster.cost import format_markdown, plan_for_run, run_preflight, trainable_layers, write_csv
 from agenttune.common.manifest import write_json_atomic
 from agenttune.common.runlog import stage_log
 
@@ -10,9 +12,11 @@ with stage_log(snakemake.log[0]) as log:
     p = snakemake.params
     model_config = json.loads(open(f"{snakemake.input.model}/config.json").read())
     manifest = json.loads(open(snakemake.input.manifest).read())
-    plan = plan_for_run(model_config, manifest, p.compute, p.epochs, p.max_len, p.grad_checkpointing,
-                        p.deepspeed.get("offload_optimizer", False), p.deepspeed.get("offload_params", False),
-                        p.model_name, trainable_layers(p.tuning))
+    # max_len as tokenization used it (the shards manifest records it), not as the config says now.
+    offload = {k: bool(p.deepspeed and p.deepspeed[k]) for k in ("offload_optimizer", "offload_params")}
+    plan = plan_for_run(model_config, manifest, p.compute, p.epochs, manifest["max_len"], p.grad_checkpointing,
+                        offload["offload_optimizer"], offload["offload_params"], p.model_name,
+                        trainable_layers(p.tuning))
     verdict, rows = run_preflight(plan)
     log(verdict.message)
     if not verdict.fits:

@@ -7,19 +7,16 @@ with stage_log(snakemake.log[0]) as log:
     inp = snakemake.input
     renderers = None
     if bench != "heldout":
-        from agenttune.data.format import make_renderers, resolve_config
+        from agenttune.render.samples import make_renderers
 
         tokenizer = None
         if "model" in inp.keys():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(inp.model)
-        fmt = resolve_config({"split": {"val": 0.0, "test": 0.5}, "format": snakemake.params.format})["format"]
-        renderers = make_renderers(tokenizer, fmt.get("chat_template_tools", "auto"), log)
-    else:
-        fmt = snakemake.params.format
+        renderers = make_renderers(tokenizer, snakemake.params.format["chat_template_tools"], log)
     items, stats = build_items(bench, dict(snakemake.params.evaluate), snakemake.params.seed,
-                               samples_path=inp.get("samples"), train_path=inp.train, format_cfg=fmt,
+                               samples_path=inp.get("samples"), train_path=inp.train, format_cfg=snakemake.params.format,
                                renderers=renderers, log=log)
     write_items(snakemake.output.benchmark_items, items)
     tracked = {k: v for k, v in inp.items() if k not in ("code", "bfcl")}

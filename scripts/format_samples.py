@@ -1,11 +1,11 @@
 import json
 
-from agenttune.data.format import format_samples, resolve_config
+from agenttune.data.format import format_samples
 from agenttune.common.manifest import write_json_atomic, write_manifest
 from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
-    cfg = resolve_config({"split": snakemake.params.split, "format": snakemake.params.format})
+    cfg = {"split": snakemake.params.split, "format": snakemake.params.format}
     tokenizer = None
     if "model" in snakemake.input.keys() and cfg["format"]["chat_template_tools"] == "auto":
         from transformers import AutoTokenizer

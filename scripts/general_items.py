@@ -5,7 +5,7 @@ from agenttune.common.runlog import stage_log
 
 with stage_log(snakemake.log[0]) as log:
     cfg, inp = dict(snakemake.params.general), snakemake.input
-    items, info = general_items(cfg.get("source", "auto"), cfg.get("max_items", 64), snakemake.params.seed,
+    items, info = general_items(cfg["source"], cfg["max_items"], snakemake.params.seed,
                                 val_samples_path=inp.val, test_samples_path=inp.test, traces_path=inp.traces,
                                 alpaca_path=inp.get("alpaca"), train_samples_path=inp.get("train"), log=log)
     write_items(snakemake.output.general_items, items)

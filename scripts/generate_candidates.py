@@ -16,8 +16,8 @@ with stage_log(snakemake.log[0]) as log:
             if line.strip() and json.loads(line)["id"] in train_ids:
                 dst.write(line)
     tool_sets = tool_sets_from_traces([tmp])
-    rows, stats = generate_candidates(endpoint, tool_sets, cfg.get("n", 20), cfg.get("negative_share", 0.2),
-                                      snakemake.params.seed, cfg.get("max_tokens", 256), cfg.get("temperature", 0.0),
+    rows, stats = generate_candidates(endpoint, tool_sets, cfg["n"], cfg["negative_share"],
+                                      snakemake.params.seed, cfg["max_tokens"], cfg["temperature"],
                                       log)
     import os
 

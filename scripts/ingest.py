@@ -6,7 +6,7 @@ from agenttune.traces.ingest import SourceSpec, ingest
 with stage_log(snakemake.log[0]) as log:
     sources = snakemake.params.sources
     source_roles(sources)  # unique names, known roles: fail before reading anything
-    specs = [SourceSpec(s["name"], s["path"], s["format"], s.get("limit")) for s in sources]
+    specs = [SourceSpec(s["name"], s["path"], s["format"], s["limit"]) for s in sources]
     out = snakemake.output
     stats = ingest(specs, out.traces, out.quarantine, out.stats)
     for s in stats["sources"]:

@@ -71,3 +71,58 @@ def test_snakemake_stops_on_a_bad_config_before_planning():
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert "minimum" in proc.stderr + proc.stdout
+
+
+# --------------------------------------------------------------------------- defaults come from the schema only
+
+def test_defaults_fill_objects_the_config_leaves_out():
+    from agenttune.common.config import section_with_defaults, with_defaults
+
+    cfg = load(REPO / "config" / "config.yaml")
+    cfg["format"].pop("negatives")
+    cfg["data"]["sources"] = [{"name": "g", "path": "g.json", "format": "sharegpt_tools"}]
+    before = copy.deepcopy(cfg)
+    full = with_defaults(cfg)
+    assert cfg == before  # a copy; the input is not changed
+    assert full["format"]["negatives"] == {"ratio": 4, "order": ["user", "no_tool", "mined"], "shares": {},
+                                           "max_tool_lists": 512, "min_score": 0.0}
+    assert full["split"]["decontam"] == {"ngram": 8, "boilerplate_docs": 10}
+    assert full["data"]["sources"][0] == {"name": "g", "path": "g.json", "format": "sharegpt_tools", "limit": None,
+                                          "role": "traces"}
+    assert full["evaluate"]["general"] == {"source": "auto", "max_items": 64, **cfg["evaluate"].get("general", {})}
+    assert full["train"]["max_grad_norm"] == 1.0 and full["evaluate"]["engine"] == "exact"
+    # Blocks whose absence means "off" stay absent.
+    assert "deepspeed" not in full["train"] and "bfcl" not in full["evaluate"] and "val" not in full["evaluate"]
+    # Given values win, at every depth.
+    assert section_with_defaults({"negatives": {"ratio": 2}}, "format")["negatives"]["ratio"] == 2
+    validate(full, SCHEMA)
+
+
+def test_no_module_keeps_a_copy_of_a_schema_default():
+    """`.get("<key>", <the schema's default>)` in the package, the scripts or the rules is a second copy of a
+    default that can drift from config/schema.yaml; the config reaching them is filled by agenttune.common.config."""
+    import re
+
+    defaults: dict[str, set] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, sub in (node.get("properties") or {}).items():
+                if isinstance(sub, dict) and "default" in sub and sub["default"] not in (None, {}, []):
+                    defaults.setdefault(key, set()).add(repr(sub["default"]))
+                walk(sub)
+            walk(node.get("items"))
+
+    walk(load(SCHEMA))
+    call = re.compile(r"""\.get\(\s*["']([a-z_]+)["']\s*,\s*([^()\n]+?)\s*\)""")
+    found = []
+    for path in sorted([*REPO.glob("agenttune/**/*.py"), *REPO.glob("scripts/*.py"), *REPO.glob("rules/*.smk")]):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for key, value in call.findall(line):
+                try:
+                    literal = repr(eval(value, {}))  # noqa: S307 - literals only; names raise
+                except Exception:  # noqa: BLE001
+                    continue
+                if literal in defaults.get(key, ()):
+                    found.append(f"{path.relative_to(REPO)}:{n}: .get({key!r}, {value})")
+    assert not found, "schema defaults copied into code:\n" + "\n".join(found)

@@ -7,12 +7,11 @@ import pytest
 import yaml
 
 from agenttune.evaluate.items import items_from_samples
-from agenttune.data.format import (DEFAULTS, SPLITS, FormatError, assign_split, format_samples, read_samples, render_trace,
-                            resolve_config)
+from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples, read_samples
 from agenttune.data.decontam import normal_key, query_key_text
 from agenttune.demo.generator import generate_traces
-from agenttune.evaluate.parse import parse
-from agenttune.render import get_template
+from agenttune.render import get_template, parse
+from agenttune.render.samples import render_trace
 from agenttune.traces.ingest import SourceSpec, ingest
 
 from test_canonical import GOOD
@@ -91,28 +90,19 @@ def _all(out):
     return {s: read_samples(Path(out) / f"{s}.jsonl") for s in SPLITS}
 
 
-def _schema_defaults(node):
-    """The `default` values of a schema node's properties, nested."""
-    out = {}
-    for key, sub in node.get("properties", {}).items():
-        if "default" in sub:
-            out[key] = sub["default"]
-        elif sub.get("type") == "object":
-            nested = _schema_defaults(sub)
-            if nested:
-                out[key] = nested
-    return out
+def test_the_library_fills_the_schema_defaults_of_what_a_caller_leaves_out(tmp_path):
+    """A library caller may pass only what it sets; format_samples fills the rest from config/schema.yaml, as the
+    Snakefile does (agenttune.common.config): the same samples either way."""
+    from agenttune.common.config import section_with_defaults
 
-
-def test_schema_documents_the_library_defaults():
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    for section in ("split", "format"):
-        assert _schema_defaults(schema["properties"][section]) == DEFAULTS[section]
-    filled = resolve_config({"split": {"val": 0.1, "test": 0.1, "decontam": {"ngram": 5}},
-                             "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1},
-                                        "negatives": {"ratio": None}}})
-    assert filled["split"]["decontam"] == {"ngram": 5, "boilerplate_docs": 10}
-    assert filled["format"]["negatives"]["ratio"] is None and filled["format"]["negatives"]["max_tool_lists"] == 512
+    src = _write(tmp_path / "t.jsonl", generate_traces(120, seed=4))
+    sparse = {"split": {"val": 0.1, "test": 0.2}, "format": {"templates": {"react": 1}, "tool_formats": {"react_list": 1}}}
+    full = {k: section_with_defaults(v, k) for k, v in sparse.items()}
+    assert full["format"]["negatives"]["ratio"] == 4 and full["split"]["decontam"]["ngram"] == 8
+    format_samples([src], tmp_path / "sparse", sparse, seed=2)
+    format_samples([src], tmp_path / "full", full, seed=2)
+    for split in SPLITS:
+        assert (tmp_path / "sparse" / f"{split}.jsonl").read_bytes() == (tmp_path / "full" / f"{split}.jsonl").read_bytes()
 
 
 def test_several_templates_per_trace_stay_in_one_split(tmp_path):

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_scoring_depends_on_the_scorer_not_on_generation():
     score = module_files("scripts/score.py", root=REPO, relative_to=REPO)
-    assert {"agenttune/evaluate/metrics.py", "agenttune/evaluate/parse.py", "agenttune/evaluate/score.py"} <= set(score)
+    assert {"agenttune/evaluate/metrics.py", "agenttune/render/parsing.py", "agenttune/evaluate/score.py"} <= set(score)
     assert not {"agenttune/evaluate/generate.py", "agenttune/evaluate/predict.py", "agenttune/train/trainer.py"} & set(score)
 
 

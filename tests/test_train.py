@@ -8,9 +8,12 @@ import sys
 import pytest
 from training_data import CFG, write_shards
 
-from agenttune.cluster.cost import ModelShape, get_gpu, implied_mfu, read_measured_mfu
+from agenttune.cluster.cost.devices import get_gpu
+from agenttune.cluster.cost.flops import implied_mfu, read_measured_mfu
+from agenttune.cluster.cost.shapes import ModelShape
+from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file
-from agenttune.tokenize.shards import load_shards
+from agenttune.tokenize.load import load_shards
 from agenttune.train.trainer import run_training, train_epoch, write_job_spec
 
 COMPUTE = {"device": "cpu", "devices": 1, "device_peak_flops": 1.6e11}
@@ -53,7 +56,8 @@ def test_chained_epochs_equal_uninterrupted_run(chained):
     manifest = json.loads((e2 / "manifest.json").read_text())
     assert manifest["outputs"]["model.safetensors"] == sha256_file(e2 / "model.safetensors")
     assert manifest["inputs"]["previous_epoch"]["sha256"] == sha256_file(e1 / "manifest.json")
-    assert manifest["config"]["epoch"] == 2 and manifest["config"]["train"] == CFG
+    # The manifest records the whole train section the job used, defaults included.
+    assert manifest["config"]["epoch"] == 2 and manifest["config"]["train"] == section_with_defaults(CFG, "train")
 
 
 def test_metrics_record_mfu_in_the_cost_modules_convention(chained, shards):
@@ -120,7 +124,7 @@ def test_killed_job_leaves_no_epoch_and_its_rerun_equals_the_uninterrupted_run(t
 
 
 def test_mfu_counts_every_gpu_attention_and_recompute():
-    from agenttune.cluster.cost import training_flops
+    from agenttune.cluster.cost.flops import training_flops
     from agenttune.train.trainer import measured_mfu
 
     config = {"num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
@@ -206,7 +210,8 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir, s
 
     from transformers import AutoTokenizer
 
-    from agenttune.tokenize.shards import ChatEncoder, shard_table, write_table_atomic
+    from agenttune.tokenize.encoder import ChatEncoder
+    from agenttune.tokenize.shards import shard_table, write_table_atomic
     from test_canonical import GOOD
     from test_tokenize import MULTI, render
 

@@ -23,8 +23,9 @@ import torch
 
 from agenttune.cluster.launch_plan import LaunchPlan
 from agenttune.train.launch import find_free_port, launch_command, launch_environment, run_command
-from agenttune.tokenize.pack import IGNORE_INDEX
-from agenttune.tokenize.shards import ChatEncoder, load_shards, shard_table, write_table_atomic
+from agenttune.tokenize.encoder import IGNORE_INDEX, ChatEncoder
+from agenttune.tokenize.load import load_shards
+from agenttune.tokenize.shards import shard_table, write_table_atomic
 from agenttune.train.trainer import run_training, write_job_spec
 
 from test_canonical import GOOD
@@ -187,10 +188,12 @@ def test_the_trainer_keeps_seq_lens_for_flash_attention_varlen(tmp_path, tiny_mo
     restart at every sample. Checked through the Trainer's own data loader (no GPU here to run the forward)."""
     from transformers import AutoModelForCausalLM, Trainer
 
+    from agenttune.common.config import section_with_defaults
     from agenttune.train.trainer import TokenizedDataset, training_arguments, training_collator
 
     rows = sorted(load_shards(packed_shards), key=lambda r: r["id"])
-    args = training_arguments(CFG, tmp_path / "work", SEED, on_gpu=False, world_size=1, bf16=False, ds_config=None)
+    args = training_arguments(section_with_defaults(CFG, "train"), tmp_path / "work", SEED, on_gpu=False,
+                              world_size=1, bf16=False, ds_config=None)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     collator = training_collator(packed_shards, smol_tokenizer.pad_token_id, "flash_attention_2", torch.float32)
     trainer = Trainer(model=model, args=args, train_dataset=TokenizedDataset(rows), data_collator=collator)

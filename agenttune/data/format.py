@@ -28,25 +28,26 @@ Every choice is a hash of (seed, purpose, id): the same input and config give by
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
 import os
 import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from agenttune.data import mix
 from agenttune.data.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
-from agenttune.render import TEMPLATES, get_template, passthrough, tool_call
+from agenttune.render import TEMPLATES, get_template, passthrough
 from agenttune.render.common import turns
+from agenttune.render.samples import (Renderer, choose_templates, choose_tool_format, make_renderers, render_trace,
+                                      trace_kind, unit_interval)
 from agenttune.data.negatives import ToolListIndex, mined_trace
+from agenttune.common.config import section_with_defaults
 from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
-from agenttune.traces.sources import ROLES, FormatError, source_roles  # noqa: F401 (source_roles: re-exported)
+from agenttune.traces.sources import ROLES, FormatError
 from agenttune.traces.canonical import TraceError, validate_trace
 
 SPLITS = ("train", "val", "test")
@@ -56,50 +57,18 @@ DROPPED = 1 << 5
 # One n-gram partition per this many bytes of input keeps each partition's join small (agenttune.data.decontam).
 NGRAM_PARTITION_BYTES = 4 << 20
 
-# The defaults of every optional key; config/schema.yaml documents the same values (tests/test_data.py checks).
-DEFAULTS = {
-    "split": {
-        "holdout": {"tools": [], "tasks": []},
-        "decontam": {"ngram": 8, "boilerplate_docs": 10},
-    },
-    "format": {
-        "renders_per_trace": 1,
-        "per_step": False,
-        "chat_template_tools": "auto",
-        "negatives": {"ratio": 4, "order": ["user", "no_tool", "mined"], "shares": {}, "max_tool_lists": 512,
-                      "min_score": 0.0},
-        "distractors": {"share": 0.0, "max": 3},
-        "mix": {"eta": 1.0},
-    },
-}
-
-
-def resolve_config(cfg: dict) -> dict:
-    """cfg with every missing optional key filled from DEFAULTS (a deep copy; cfg is not changed)."""
-
-    def merge(defaults: dict, given: dict) -> dict:
-        out = copy.deepcopy(given)
-        for key, value in defaults.items():
-            if key not in out or out[key] is None and isinstance(value, dict):
-                out[key] = copy.deepcopy(value)
-            elif isinstance(value, dict) and isinstance(out[key], dict):
-                out[key] = merge(value, out[key])
-        return out
-
-    return {**cfg, "split": merge(DEFAULTS["split"], cfg["split"]), "format": merge(DEFAULTS["format"], cfg["format"])}
+def _filled(cfg: dict) -> dict:
+    """The `split` and `format` sections of `cfg` with the schema's defaults filled in (agenttune.common.config;
+    a deep copy), so that library callers may pass only what they set."""
+    return {**cfg, "split": section_with_defaults(cfg["split"], "split"),
+            "format": section_with_defaults(cfg["format"], "format")}
 
 
 # --- deterministic choices ------------------------------------------------------------------------------------
 
 
-def _unit_interval(*parts: object) -> float:
-    """A stable pseudo-random number in [0, 1) from the given parts (independent of process and order)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def assign_split(trace_id: str, val: float, test: float, seed: int) -> str:
-    u = _unit_interval("split", seed, trace_id)
+    u = unit_interval("split", seed, trace_id)
     if u < test:
         return "test"
     if u < test + val:
@@ -107,87 +76,7 @@ def assign_split(trace_id: str, val: float, test: float, seed: int) -> str:
     return "train"
 
 
-def _weighted_choice(weights: dict[str, float], u: float) -> str:
-    names = sorted(k for k, w in weights.items() if w > 0)
-    total = sum(weights[k] for k in names)
-    acc = 0.0
-    for name in names:
-        acc += weights[name] / total
-        if u < acc:
-            return name
-    return names[-1]
-
-
-def choose_templates(trace_id: str, weights: dict[str, float], count: int, seed: int) -> list[str]:
-    """`count` distinct templates for one trace, drawn by weight without replacement (sorted by name)."""
-    remaining = {k: w for k, w in weights.items() if w > 0}
-    chosen = []
-    for k in range(min(count, len(remaining))):
-        name = _weighted_choice(remaining, _unit_interval("template", seed, trace_id, k))
-        chosen.append(name)
-        del remaining[name]
-    return sorted(chosen)
-
-
-def choose_tool_format(trace_id: str, template: str, weights: dict[str, float], seed: int) -> str:
-    return _weighted_choice(weights, _unit_interval("tool_format", seed, trace_id, template))
-
-
 # --- samples ----------------------------------------------------------------------------------------------------
-
-Renderer = Callable[[dict, str], "tuple[list[dict], str]"]
-
-
-def make_renderers(tokenizer=None, chat_template_tools: str = "auto", log=print) -> dict[str, Renderer]:
-    """Template name -> render(trace, tool_format) -> (messages, tool format actually used).
-
-    `tool_call` uses the tokenizer's own tool prompt when `chat_template_tools` is "auto" and the tokenizer's chat
-    template handles `tools=` in the Hermes style; otherwise it writes Qwen2.5's tool prompt into the system turn."""
-    renderers: dict[str, Renderer] = {name: _plain(module) for name, module in TEMPLATES.items()}
-    builder = tool_call.native_system(tokenizer) if tokenizer is not None and chat_template_tools == "auto" else None
-    if builder is not None:
-        log("tool_call: the model's chat template handles tools=; its own tool prompt is used")
-        renderers["tool_call"] = lambda trace, fmt: (tool_call.render(trace, fmt, builder), tool_call.NATIVE_TOOL_FORMAT)
-    elif tokenizer is not None and chat_template_tools == "auto":
-        log("tool_call: the model's chat template does not handle tools=; Hermes/Qwen-style tool instructions are "
-            "written into the system prompt instead")
-    return renderers
-
-
-def _plain(module) -> Renderer:
-    return lambda trace, fmt: (module.render(trace, fmt), fmt)
-
-
-def _kind(trace: dict) -> str:
-    meta = trace.get("meta") or {}
-    if meta.get("kind") in ("tool", "no_tool"):
-        return meta["kind"]
-    return "tool" if any(m.get("tool_calls") for m in trace["messages"]) else "no_tool"
-
-
-def _sample(trace: dict, template: str, tool_format: str, messages: list[dict]) -> dict:
-    meta = trace.get("meta") or {}
-    return {
-        "id": f"{trace['id']}#{template}",
-        "trace_id": trace["id"],
-        "source": trace["source"],
-        "kind": _kind(trace),
-        "task": meta.get("task", ""),
-        "template": template,
-        "tool_format": tool_format,
-        "messages": messages,
-    }
-
-
-def render_trace(trace: dict, template: str, tool_format: str, renderers: dict[str, Renderer] | None = None) -> dict:
-    """One trace in one template and tool format, as a sample."""
-    if template == passthrough.NAME:
-        return _sample(trace, template, passthrough.TOOL_FORMAT, passthrough.render(trace))
-    if renderers is not None:
-        messages, used = renderers[template](trace, tool_format)
-    else:
-        messages, used = get_template(template).render(trace, tool_format), tool_format
-    return _sample(trace, template, used, messages)
 
 
 def per_step(sample: dict) -> list[dict]:
@@ -252,7 +141,7 @@ class _Stage:
                  scratch: Scratch):
         self.paths, self.seed, self.roles, self.renderers = paths, seed, roles, renderers
         self.scratch, self.db = scratch, scratch.db
-        self.cfg = resolve_config(cfg)
+        self.cfg = _filled(cfg)
         split_cfg, fmt = self.cfg["split"], self.cfg["format"]
         self.val, self.test = split_cfg["val"], split_cfg["test"]
         self.holdout_tools = set(split_cfg["holdout"]["tools"])
@@ -296,7 +185,7 @@ class _Stage:
         if role == "negatives":
             return "user"
         meta = trace.get("meta") or {}
-        if _kind(trace) == "tool":
+        if trace_kind(trace) == "tool":
             return "positive"
         return "fixed" if meta.get("eval_only") else "no_tool"
 
@@ -351,20 +240,20 @@ class _Stage:
         index = self.tool_lists[split]
         if (split == "test" or not self.distractor_share or len(index) < 2
                 or (trace.get("meta") or {}).get("passthrough")
-                or _unit_interval("distract", self.seed, trace["id"]) >= self.distractor_share):
+                or unit_interval("distract", self.seed, trace["id"]) >= self.distractor_share):
             return trace, 0
         own = {t["name"] for t in trace["tools"]}
-        start = int(_unit_interval("distract-list", self.seed, trace["id"]) * len(index))
+        start = int(unit_interval("distract-list", self.seed, trace["id"]) * len(index))
         for step in range(len(index)):  # the first list, from a hashed start, with a tool the trace lacks
             extra = [t for t in index.tools((start + step) % len(index)) if t["name"] not in own]
             if extra:
                 break
         else:
             return trace, 0
-        k = 1 + int(_unit_interval("distract-k", self.seed, trace["id"]) * self.distractor_max)
+        k = 1 + int(unit_interval("distract-k", self.seed, trace["id"]) * self.distractor_max)
         extra = extra[:k]
         tools = sorted(trace["tools"] + extra,
-                       key=lambda t: _unit_interval("distract-pos", self.seed, trace["id"], t["name"]))
+                       key=lambda t: unit_interval("distract-pos", self.seed, trace["id"], t["name"]))
         return {**trace, "tools": tools}, len(extra)
 
     def samples(self, trace: dict, split: str, category: str) -> list[dict]:
@@ -386,7 +275,7 @@ class _Stage:
         return SPLITS[code & 3], CATEGORIES[code >> 2 & 7], bool(code & DROPPED)
 
     def select_u(self, trace_id: str) -> float:
-        return _unit_interval("select", self.seed, trace_id)
+        return unit_interval("select", self.seed, trace_id)
 
     # The passes --------------------------------------------------------------------------------------------------
 
@@ -700,7 +589,7 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
     of traces read must equal the number ingest kept."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_config(cfg)
+    cfg = _filled(cfg)
     renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
     scratch = Scratch(out_dir)
     try:

@@ -29,7 +29,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from agenttune.common.atomic import write_jsonl
+from agenttune.common.atomic import iter_jsonl, write_jsonl
+from agenttune.common.config import section_with_defaults
 
 STATUSES = ("pending", "accepted", "edited", "rejected")
 
@@ -178,7 +179,7 @@ def endpoint_from_config(cfg: dict, log=print) -> Endpoint:
     if not base_url or not model:
         raise ValueError("candidate generation needs evaluate.generate_candidates.base_url and .model (or "
                          "AGENTTUNE_CANDIDATES_BASE_URL / AGENTTUNE_CANDIDATES_MODEL)")
-    key_env = cfg.get("api_key_env", "OPENAI_API_KEY")
+    key_env = section_with_defaults(cfg, "evaluate", "generate_candidates")["api_key_env"]
     key = os.environ.get(key_env) or None
     log(f"endpoint {base_url} model {model}; API key: {'from $' + key_env if key else 'none ($' + key_env + ' unset)'}")
     return Endpoint(base_url, model, key, cfg.get("timeout_s", 120.0))
@@ -203,15 +204,12 @@ def tool_sets_from_traces(paths: list[str | Path]) -> list[list[dict]]:
     """The distinct tool lists of canonical traces (in first-seen order), from JSONL files."""
     seen, out = set(), []
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                tools = json.loads(line).get("tools") or []
-                key = json.dumps(tools, sort_keys=True)
-                if tools and key not in seen:
-                    seen.add(key)
-                    out.append(tools)
+        for trace in iter_jsonl(path):
+            tools = trace.get("tools") or []
+            key = json.dumps(tools, sort_keys=True)
+            if tools and key not in seen:
+                seen.add(key)
+                out.append(tools)
     return out
 
 

@@ -62,7 +62,8 @@ def general_items(source: str, max_items: int | None, seed: int, val_samples_pat
         what = ("held-out (val + test) traces that need no tool, as plain chat without the tool prompt: the "
                 "demo's direct answers to general questions")
     elif source == "alpaca":
-        from agenttune.traces.readers import RawError, alpaca
+        from agenttune.traces.readers import alpaca
+        from agenttune.traces.readers.common import RawError
 
         training = TrainingQueries(read_samples(train_samples_path), 13) if train_samples_path else None
         skipped = 0

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from agenttune.common.config import section_with_defaults
+
 ROWWISE_ATTENTION = "agenttune_rowwise"
 # Largest row count probed when looking for matmul kernels that give row-identical results.
 _MAX_PROBE_ROWS = 64
@@ -222,11 +224,15 @@ def choose_engine(requested: str, device: str) -> tuple[str, str | None]:
     return requested, None
 
 
-def load_for_generation(model_dir, precision: str = "fp32", engine: str = "exact", log=print):
+def load_for_generation(model_dir, precision: str | None = None, engine: str | None = None, log=print):
     """Model and tokenizer for greedy generation. bf16 only on a GPU (CPU bf16 is ~20x slower, see the notes).
-    The engine actually used is `model._agenttune_engine`: `hf` instead of `exact` where batch invariance does not
-    hold (see the module docstring), with the reason logged."""
+    `precision` and `engine` default to the schema's `evaluate.precision` and `evaluate.engine`. The engine actually
+    used is `model._agenttune_engine`: `hf` instead of `exact` where batch invariance does not hold (see the module
+    docstring), with the reason logged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    defaults = section_with_defaults({}, "evaluate")
+    precision, engine = precision or defaults["precision"], engine or defaults["engine"]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if (precision == "bf16" and device == "cuda") else torch.float32
@@ -518,9 +524,3 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stops, b
     for key in ("prefill_tokens", "decode_steps", "decode_tokens"):
         stats.setdefault(key, 0)
     return run(model, tokenizer, prompt_ids, [tuple(s) for s in stops], max_new_tokens, batch_size, progress, stats)
-
-
-def generate_all(model, tokenizer, prompts: list[str], max_new_tokens: int, stops, batch_size: int,
-                 log=print) -> list[str]:
-    """Texts only, stripped of outer whitespace (what evaluation parses)."""
-    return [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, stops, batch_size, log)]

@@ -32,7 +32,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agenttune.common.atomic import read_jsonl, write_jsonl
+from agenttune.common.atomic import write_jsonl
+from agenttune.common.config import section_with_defaults
+from agenttune.render.samples import choose_templates, choose_tool_format, render_trace
 
 BENCHMARKS = ("heldout", "val", "bfcl")
 BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
@@ -171,8 +173,6 @@ def decontaminate(items: list[dict], training: TrainingQueries, stats: Counter, 
 
 def render_like_training(trace: dict, fmt_cfg: dict, seed: int, renderers) -> dict:
     """One sample of `trace` in the template and tool format the data stage would draw for it."""
-    from agenttune.data.format import choose_templates, choose_tool_format, render_trace
-
     template = choose_templates(trace["id"], fmt_cfg["templates"], 1, seed)[0]
     tool_format = choose_tool_format(trace["id"], template, fmt_cfg["tool_formats"], seed)
     return render_trace(trace, template, tool_format, renderers)
@@ -191,7 +191,8 @@ def bfcl_items(root: str | Path, categories: list[str], max_per_category: int | 
                renderers, stats: Counter) -> list[dict]:
     """BFCL v3 questions of the given categories as single-step items with ground truth."""
     from agenttune.traces.canonical import TraceError
-    from agenttune.traces.readers import RawError, bfcl
+    from agenttune.traces.readers import bfcl
+    from agenttune.traces.readers.common import RawError
 
     root = Path(root)
     items = []
@@ -234,9 +235,10 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
     """Items and stats of one benchmark. `cfg` is the `evaluate` config section."""
     from agenttune.data.format import read_samples
 
+    cfg = section_with_defaults(cfg, "evaluate")
     stats: Counter = Counter()
     removed: list[dict] = []
-    ngram = cfg.get("decontaminate_ngram", 13)
+    ngram = cfg["decontaminate_ngram"]
     if benchmark == "heldout":
         items = items_from_samples(read_samples(samples_path), "heldout", "test", stats)
         stats["items_built"] = len(items)
@@ -262,15 +264,15 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
                 items.append(item)
             stats["candidate_items"] = stats["candidates_accepted"] + stats["candidates_edited"]
         items = deduplicate(items, stats)
-        ngram = vcfg.get("decontaminate_ngram", ngram)
+        ngram = vcfg["decontaminate_ngram"]
         training = TrainingQueries(read_samples(train_path), ngram)
         items = decontaminate(items, training, stats, removed)
         items = select(items, vcfg.get("max_items"), seed)
     elif benchmark == "bfcl":
         bcfg = cfg["bfcl"]
-        items = bfcl_items(bcfg["path"], bcfg.get("categories", ["simple", "multiple", "parallel", "irrelevance"]),
+        items = bfcl_items(bcfg["path"], bcfg["categories"],
                            bcfg.get("max_items_per_category"), format_cfg, seed, renderers, stats)
-        ngram = bcfg.get("decontaminate_ngram", ngram)
+        ngram = bcfg["decontaminate_ngram"]
         training = TrainingQueries(read_samples(train_path), ngram)
         items = decontaminate(items, training, stats, removed)
         items = sorted(items, key=lambda it: it["id"])
@@ -288,7 +290,3 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
 
 def write_items(path, items: list[dict]) -> None:
     write_jsonl(path, items)
-
-
-def read_items(path) -> list[dict]:
-    return read_jsonl(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agenttune.common.atomic import read_jsonl, write_jsonl
+from agenttune.common.config import section_with_defaults
 from agenttune.render import get_template
 
 PREDICTION_KEYS = ("id", "benchmark", "origin", "sample_id", "template", "tool_format", "source", "kind", "task",
@@ -33,13 +34,14 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
 
     from agenttune.evaluate.generate import generate, load_for_generation
 
+    cfg = section_with_defaults(cfg, "evaluate")
     torch.manual_seed(seed)
     items = read_jsonl(items_path)
     log(f"{len(items)} items from {items_path}, model {model_dir}")
     rows = []
     stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
     if items:
-        model, tokenizer = load_for_generation(model_dir, cfg.get("precision", "fp32"), cfg.get("engine", "exact"), log)
+        model, tokenizer = load_for_generation(model_dir, cfg["precision"], cfg["engine"], log)
         stats["engine"] = model._agenttune_engine  # the engine used: `exact` falls back to `hf` on a GPU
         prompts, stops = prompts_and_stops(tokenizer, items)
         start = time.perf_counter()

@@ -84,8 +84,8 @@ class Backend:
 
     def __init__(self, model_dir, template: str = "react", tool_format: str = "json_schema", name: str | None = None,
                  max_tokens_limit: int = 1024, log=print):
-        from agenttune.data.format import make_renderers
         from agenttune.evaluate.generate import load_for_generation
+        from agenttune.render.samples import make_renderers
 
         self.model, self.tokenizer = load_for_generation(model_dir, log=log)
         self.name = name or os.path.basename(os.path.normpath(str(model_dir)))
@@ -121,7 +121,7 @@ class Backend:
 
     def complete(self, body: dict) -> dict:
         from agenttune.evaluate.generate import generate
-        from agenttune.evaluate.parse import parse
+        from agenttune.render import parse
 
         if body.get("stream"):
             raise RequestError(400, "streaming is not supported")

@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from agenttune.common.config import section_with_defaults
+
 CONFIG_NAME = "deepspeed_config.json"
 
 # HF's "auto" rules for ZeRO-3 buckets, in elements: reduce h², prefetch 0.9·h², params below 10·h stay unpartitioned.
@@ -38,14 +40,15 @@ def zero3_config(train_cfg: dict, hidden_size: int, on_gpu: bool) -> dict:
     full `model.safetensors`. Values the Trainer also knows (micro batch, accumulation, clipping, precision) are
     written out, not "auto", so that the file is a complete record of the job; the Trainer checks they agree.
     """
-    ds = train_cfg.get("deepspeed") or {}
-    stage = ds.get("stage", 3)
+    train_cfg = section_with_defaults(train_cfg, "train")
+    ds = section_with_defaults(train_cfg.get("deepspeed"), "train", "deepspeed")
+    stage = ds["stage"]
     if stage != 3:
         raise ValueError(f"train.deepspeed.stage: only ZeRO stage 3 is supported, got {stage!r}")
     if hidden_size < 1:
         raise ValueError(f"hidden_size must be positive, got {hidden_size}")
-    offload_optimizer = bool(ds.get("offload_optimizer", False))
-    offload_params = bool(ds.get("offload_params", False))
+    offload_optimizer = bool(ds["offload_optimizer"])
+    offload_params = bool(ds["offload_params"])
     if offload_params and not offload_optimizer:
         # DeepSpeed's memory estimator (and agenttune.cluster.cost) count parameter offload only with optimizer offload.
         raise ValueError("train.deepspeed.offload_params needs offload_optimizer: true as well")
@@ -69,7 +72,7 @@ def zero3_config(train_cfg: dict, hidden_size: int, on_gpu: bool) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": int(train_cfg["batch_size"]),
         "gradient_accumulation_steps": int(train_cfg["grad_accum"]),
-        "gradient_clipping": float(train_cfg.get("max_grad_norm", 1.0)),
+        "gradient_clipping": float(train_cfg["max_grad_norm"]),
         "bf16": {"enabled": bool(on_gpu and train_cfg.get("precision") == "bf16")},
         "fp16": {"enabled": False},
         "zero_optimization": zero,

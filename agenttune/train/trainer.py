@@ -25,10 +25,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from agenttune.cluster.cost import trainable_layers
+from agenttune.cluster.cost.flops import trainable_layers
+from agenttune.common.atomic import write_text
+from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file, write_manifest
+from agenttune.tokenize.encoder import IGNORE_INDEX
+from agenttune.tokenize.load import load_shards
 from agenttune.tokenize.pack import make_collator
-from agenttune.tokenize.shards import IGNORE_INDEX, load_shards
 
 
 class TokenizedDataset(Dataset):
@@ -116,7 +119,7 @@ def training_precision(cfg: dict, on_gpu: bool, use_deepspeed: bool) -> tuple[to
     bf16 only on GPUs (on this kind of CPU it is ~20x slower). Without DeepSpeed the weights stay fp32 and bf16 is
     autocast: AdamW then updates fp32 weights with fp32 states; weights loaded in bf16 would lose most small updates
     to rounding. ZeRO keeps fp32 master weights of its own, so under DeepSpeed the model is loaded in bf16."""
-    bf16 = cfg.get("precision") == "bf16" and on_gpu
+    bf16 = cfg["precision"] == "bf16" and on_gpu
     return (torch.bfloat16 if bf16 and use_deepspeed else torch.float32), bf16
 
 
@@ -218,7 +221,9 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     Devices: the ranks on GPUs (one GPU each); on CPU the ranks share the machine, so `compute.devices` machines.
     Peak: `compute.device_peak_flops`, else the cost module's figure for `compute.device`, else the detected GPU.
     Returns the metrics entries (mfu None when no peak is known or the device kind does not match the config)."""
-    from agenttune.cluster.cost import GPUS, ModelShape, get_gpu, implied_mfu
+    from agenttune.cluster.cost.devices import GPUS, get_gpu
+    from agenttune.cluster.cost.flops import MFU_CONVENTION, implied_mfu
+    from agenttune.cluster.cost.shapes import ModelShape
 
     compute = compute or {}
     kind = compute.get("device")
@@ -229,7 +234,7 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
         kind = None
     peak = compute.get("device_peak_flops") or (GPUS[kind].peak_flops if kind in GPUS and kind != "cpu" else None)
     devices = world_size if on_gpu else max(1, int(compute.get("devices", 1)))
-    entry = {"mfu": None, "mfu_convention": "agenttune.cluster.cost", "mfu_devices": devices, "device_peak_flops": peak,
+    entry = {"mfu": None, "mfu_convention": MFU_CONVENTION, "mfu_devices": devices, "device_peak_flops": peak,
              "mfu_gradient_checkpointing": grad_checkpointing, "mfu_trainable_layers": trainable_layers}
     if kind is None or not peak or not seconds or not row_lengths:
         return entry
@@ -253,7 +258,7 @@ def training_arguments(cfg: dict, work_dir: str | Path, seed: int, on_gpu: bool,
         lr_scheduler_type=cfg["lr_scheduler"],
         warmup_steps=cfg["warmup_ratio"],
         weight_decay=cfg["weight_decay"],
-        max_grad_norm=cfg.get("max_grad_norm", 1.0),
+        max_grad_norm=cfg["max_grad_norm"],
         optim="adamw_torch",
         logging_steps=1,
         save_strategy="epoch",
@@ -270,7 +275,7 @@ def training_arguments(cfg: dict, work_dir: str | Path, seed: int, on_gpu: bool,
         ddp_backend="gloo" if (not on_gpu and world_size > 1) else None,
         # bf16 autocast over fp32 weights without DeepSpeed; ZeRO's own bf16 with it (training_precision).
         bf16=bf16,
-        activation_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        activation_checkpointing=bool(cfg["gradient_checkpointing"]),
         deepspeed=ds_config,
         # Job logs are files: the Progress callback writes one line per step instead of a redrawn bar.
         disable_tqdm=True,
@@ -307,6 +312,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
 
     from agenttune.train import deepspeed as ds
 
+    cfg = section_with_defaults(cfg, "train")
     epoch = until_epoch
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".partial")
@@ -325,10 +331,10 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         refuse_data_parallel(world_size, "LOCAL_RANK" in os.environ, torch.cuda.device_count())
-    if cfg.get("precision") == "bf16" and not on_gpu:
+    if cfg["precision"] == "bf16" and not on_gpu:
         log("precision: bf16 asked for, but there is no GPU: training in fp32 (bf16 on CPU is ~20x slower)")
     dtype, bf16 = training_precision(cfg, on_gpu, use_deepspeed)
-    attn = pick_attn_implementation(cfg.get("attn_implementation", "auto"), log, half_precision=bf16)
+    attn = pick_attn_implementation(cfg["attn_implementation"], log, half_precision=bf16)
     ds_config = ds.zero3_config(cfg, model_config.hidden_size, on_gpu) if use_deepspeed else None
     if ds_config:
         zero = ds_config["zero_optimization"]
@@ -343,7 +349,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     sample_lengths = [n for r in rows for n in (r.get("seq_lens") or [len(r["input_ids"])])]
     epoch_tokens = sum(len(r["input_ids"]) for r in rows)
     trained_tokens = sum(sum(1 for l in r["labels"] if l != IGNORE_INDEX) for r in rows)
-    grad_ckpt = bool(cfg.get("gradient_checkpointing", False))
+    grad_ckpt = bool(cfg["gradient_checkpointing"])
 
     # The arguments come before the model: with a ZeRO-3 config alive, from_pretrained loads the weights straight
     # into partitions (deepspeed.zero.Init), so no rank ever holds the whole model (72B in bf16 is 145 GB).
@@ -352,12 +358,12 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
     # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size.
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    if cfg.get("tuning", "full") == "freeze":
+    if cfg["tuning"] == "freeze":
         freeze_lower_layers(model, cfg["freeze_trainable_layers"])
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if ds_config and hasattr(next(model.parameters()), "ds_numel"):
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
-    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg.get('tuning', 'full')} tuning), weights "
+    log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg['tuning']} tuning), weights "
         f"{dtype}" + (", bf16 autocast" if bf16 and dtype == torch.float32 else ""))
     callbacks, clock = _epoch_callbacks(epoch, log)
     trainer = Trainer(
@@ -467,8 +473,5 @@ def write_job_spec(path: str | Path, base_model_dir, shard_paths, prev_epoch_dir
         "uninterrupted": bool(uninterrupted),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
     return path
