@@ -276,7 +276,9 @@ def _child(code: str, *args: str) -> dict:
 
 
 def peak_rss(files: dict[str, Path], tok_dir: Path, work: Path) -> dict:
-    cfg = {"max_len": 4096, "overlong": "drop", "samples_per_shard": 2000, "packing": True}
+    from agenttune.common.config import section_with_defaults
+
+    cfg = section_with_defaults({"packing": True}, "tokenize")
     out = {"config": cfg, "floor_rss_mib": _child(FLOOR, str(tok_dir))["rss_mib"]}
     for name, path in files.items():
         r = _child(STAGE, str(path), str(tok_dir), str(work / f"shards-{name}"), json.dumps(cfg))

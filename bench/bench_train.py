@@ -10,7 +10,7 @@ Measurements (tokens/s = real, non-padding tokens per second of the epoch's step
 checkpoint saving are excluded on both sides of every comparison):
 1. overhead: `agenttune.train.trainer.run_training` (HF Trainer + our callbacks) vs a hand-written loop doing the same work
    (same collator batches, AdamW, accumulation, clipping, LR schedule, a loss sync per step), on SmolLM2-135M with
-   the default config's freeze tuning (top 6 layers), packed rows when agenttune.tokenize.pack is there, and on the tiny test
+   the default config's freeze tuning (top 6 layers), packed rows, and on the tiny test
    Llama with full tuning; runs alternate and repeat, the median counts. Target: overhead <= 10%.
 2. packed vs unpacked rows (agenttune.tokenize.pack, max_len 1024), SmolLM2-135M freeze tuning, through the pipeline.
 3. ZeRO-3 on 1 and 2 CPU ranks (gloo; the 2 ranks get 1 core each) vs the plain Trainer, SmolLM2-135M full
@@ -40,19 +40,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agenttune.train.launch import LaunchPlan, launch_command, launch_environment, run_command  # noqa: E402
+from agenttune.cluster.launch_plan import LaunchPlan  # noqa: E402
 from agenttune.common.atomic import iter_jsonl  # noqa: E402
+from agenttune.tokenize import pack  # noqa: E402
+from agenttune.tokenize.encoder import Encoded  # noqa: E402
+from agenttune.tokenize.shards import shard_table, write_table_atomic  # noqa: E402
+from agenttune.train.launch import launch_command, launch_environment, run_command  # noqa: E402
 from agenttune.train.base_model import load_smollm2_tokenizer, prepare_smollm2, prepare_tiny  # noqa: E402
 from agenttune.tokenize.load import load_shards  # noqa: E402
-from agenttune.tokenize.shards import SHARD_SCHEMA  # noqa: E402
 from agenttune.train.trainer import PadCollator, freeze_lower_layers, run_training, write_job_spec  # noqa: E402
-
-try:  # packing arrived in parallel with this benchmark; without it the packed rows are skipped
-    from agenttune.tokenize import pack
-    from agenttune.tokenize.encoder import Encoded
-    from agenttune.tokenize.shards import shard_table, write_table_atomic
-except ImportError:
-    pack = None
 
 AGENTINSTRUCT = REPO.parent / "shared" / "data" / "agentinstruct" / "db_538.jsonl"
 TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -92,18 +88,8 @@ def write_rows(samples, folder: Path, packed: bool) -> list[Path]:
     """One Parquet shard of the samples, unpacked or packed by agenttune.tokenize.pack (best-fit decreasing)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train-0.parquet"
-    if pack is not None:
-        kept = [Encoded(i, ids, ids.copy(), False) for i, ids in samples]
-        write_table_atomic(shard_table(kept, MAX_LEN, packing=packed), path)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        assert not packed
-        table = {"id": [i for i, _ in samples], "input_ids": [ids.tolist() for _, ids in samples],
-                 "labels": [ids.tolist() for _, ids in samples], "n_tokens": [len(ids) for _, ids in samples],
-                 "n_trained": [len(ids) for _, ids in samples]}
-        pq.write_table(pa.table(table, schema=SHARD_SCHEMA), path)
+    kept = [Encoded(i, ids, ids.copy(), False) for i, ids in samples]
+    write_table_atomic(shard_table(kept, MAX_LEN, packing=packed), path)
     return [path]
 
 
@@ -128,7 +114,7 @@ def bare_epoch(model_dir, shards, cfg) -> dict:
     model.train()
     rows = load_shards(shards)
     rows.sort(key=lambda r: r["id"])
-    collator = (pack.make_collator(shards, tokenizer.pad_token_id, "sdpa", torch.float32) if pack else None) \
+    collator = pack.make_collator(shards, tokenizer.pad_token_id, "sdpa", torch.float32) \
         or PadCollator(tokenizer.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
@@ -181,19 +167,15 @@ def overhead_rows(name, model_dir, shards, cfg, repeats, work) -> list[dict]:
 
 def bench_overhead(models, samples, repeats, work) -> list[dict]:
     rows = []
-    shards = write_rows(samples, work / ("packed" if pack else "unpacked"), packed=pack is not None)
-    layout = "packed" if pack else "unpacked"
-    rows += overhead_rows(f"SmolLM2-135M, freeze top 6 layers, {layout} rows", models["smollm2"], shards,
+    shards = write_rows(samples, work / "packed", packed=True)
+    rows += overhead_rows("SmolLM2-135M, freeze top 6 layers, packed rows", models["smollm2"], shards,
                           {**BASE_CFG, **FREEZE}, repeats, work)
-    rows += overhead_rows(f"tiny Llama (3.2M), full tuning, {layout} rows", models["tiny"], shards,
+    rows += overhead_rows("tiny Llama (3.2M), full tuning, packed rows", models["tiny"], shards,
                           {**BASE_CFG, **FULL}, repeats, work)
     return rows
 
 
 def bench_packing(models, samples, repeats, work) -> list[dict]:
-    if pack is None:
-        print("agenttune.tokenize.pack is absent: no packed-vs-unpacked row")
-        return []
     cfg = {**BASE_CFG, **FREEZE}
     unpacked = write_rows(samples, work / "unpacked", packed=False)
     packed = write_rows(samples, work / "packed", packed=True)

@@ -46,8 +46,9 @@ rule predict:
         "../envs/eval.yaml"
     threads: 2
     params:
-        # evaluate.batch_size is not a param (the script reads it from the config): outputs do not depend on it
-        # (agenttune.evaluate.generate), so changing it must re-run nothing.
+        # evaluate.batch_size is not a param (the script reads it from the config): with the exact engine (CPU)
+        # outputs do not depend on it (agenttune.evaluate.generate), so changing it must re-run nothing; on a GPU
+        # (the hf engine) they may differ by float rounding, and predict.json records the engine.
         generation=GENERATION,
         seed=config["seed"],
     script:
@@ -179,7 +180,7 @@ rule generate_candidates:
         "../envs/eval.yaml"
     params:
         # The endpoint settings; the API key itself is read from the environment inside the job.
-        endpoint=EVAL.get("generate_candidates") or {},
+        endpoint=EVAL.get("generate_candidates"),
         seed=config["seed"],
     script:
         "../scripts/generate_candidates.py"

@@ -1,7 +1,8 @@
 """The house shows the pipeline: one subpackage per stage, data flowing one way, no import circles.
 
-Every import inside the package is read with `ast` (module level and inside functions alike: both run when the stage
-runs). A module may import its own stage, an earlier stage and the shared layer (docs/architecture.md); no module
+Every import statement inside the package is read with `ast` (module level and inside functions alike: both run
+when the stage runs); the template registry's `importlib` loads (agenttune/render/__init__.py) are not imports of
+this kind, and stage subpackage `__init__` files hold only a docstring. A module may import its own stage, an earlier stage and the shared layer (docs/architecture.md); no module
 may take part in an import circle; the package never imports snakemake.
 """
 
@@ -74,7 +75,6 @@ def test_a_stage_imports_only_earlier_stages_and_the_shared_layer():
 def test_no_import_circles():
     modules = _modules()
     graph = {name: _imports(path, modules) for name, path in modules.items()}
-    # Package __init__ files are entered on the way to their modules; a circle through one is a circle too.
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles = []

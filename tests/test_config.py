@@ -103,13 +103,13 @@ def test_no_module_keeps_a_copy_of_a_schema_default():
     default that can drift from config/schema.yaml; the config reaching them is filled by agenttune.common.config."""
     import re
 
-    defaults: dict[str, set] = {}
+    defaults: dict[str, list] = {}
 
     def walk(node):
         if isinstance(node, dict):
             for key, sub in (node.get("properties") or {}).items():
                 if isinstance(sub, dict) and "default" in sub and sub["default"] not in (None, {}, []):
-                    defaults.setdefault(key, set()).add(repr(sub["default"]))
+                    defaults.setdefault(key, []).append(sub["default"])
                 walk(sub)
             walk(node.get("items"))
 
@@ -120,9 +120,11 @@ def test_no_module_keeps_a_copy_of_a_schema_default():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for key, value in call.findall(line):
                 try:
-                    literal = repr(eval(value, {}))  # noqa: S307 - literals only; names raise
+                    literal = eval(value, {})  # noqa: S307 - literals only; names raise
                 except Exception:  # noqa: BLE001
                     continue
-                if literal in defaults.get(key, ()):
+                # By value (120 and 120.0 are one default), but True is not 1.
+                if any(literal == d and isinstance(literal, bool) == isinstance(d, bool)
+                       for d in defaults.get(key, ())):
                     found.append(f"{path.relative_to(REPO)}:{n}: .get({key!r}, {value})")
     assert not found, "schema defaults copied into code:\n" + "\n".join(found)

@@ -159,7 +159,7 @@ def test_measured_mfu_from_train_py_metrics_is_rescaled(tmp_path):
     mfu, how = read_measured_mfu(metrics, shape, 4096)
     assert mfu == pytest.approx(0.15 * training_flops(shape, 1, 4096).total / (6 * shape.params))
     assert "measured" in how
-    metrics.write_text(json.dumps({"mfu": 0.15, "mfu_convention": "agenttune.cluster.cost"}))
+    metrics.write_text(json.dumps({"mfu": 0.15, "mfu_convention": "agenttune.cost"}))
     assert read_measured_mfu(metrics, shape, 4096)[0] == 0.15
     metrics.write_text(json.dumps({"mfu": None}))
     with pytest.raises(ValueError):

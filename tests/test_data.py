@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from agenttune.evaluate.items import items_from_samples
-from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples, read_samples
+from agenttune.common.atomic import read_jsonl
+from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples
 from agenttune.data.decontam import normal_key, query_key_text
 from agenttune.demo.generator import generate_traces
 from agenttune.render import get_template, parse
@@ -45,7 +46,7 @@ def test_no_trace_in_two_splits_and_byte_identical(tmp_path):
     seen = {}
     for split in SPLITS:
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
-        for s in read_samples(tmp_path / "a" / f"{split}.jsonl"):
+        for s in read_jsonl(tmp_path / "a" / f"{split}.jsonl"):
             assert seen.setdefault(s["trace_id"], split) == split
     assert len(seen) == 300 == stats["traces_read"]
     assert sum(c["samples"] for c in stats["splits"].values()) == 300
@@ -87,7 +88,7 @@ def _full_cfg(**fmt):
 
 
 def _all(out):
-    return {s: read_samples(Path(out) / f"{s}.jsonl") for s in SPLITS}
+    return {s: read_jsonl(Path(out) / f"{s}.jsonl") for s in SPLITS}
 
 
 def test_the_library_fills_the_schema_defaults_of_what_a_caller_leaves_out(tmp_path):
@@ -215,7 +216,7 @@ def test_contamination_report_flags_a_planted_leak(tmp_path):
     report = format_samples([src], tmp_path / "out", cfg, seed=1)["contamination"]
     flagged = {e["item"] for e in report["examples"]}
     assert victim["id"] in flagged
-    test_traces = {s["trace_id"] for s in read_samples(tmp_path / "out" / "test.jsonl")}
+    test_traces = {s["trace_id"] for s in read_jsonl(tmp_path / "out" / "test.jsonl")}
     assert report["items"] == len(test_traces) and report["items_overlapping"] >= 1
     assert report["share_overlapping"] < 0.5
 
@@ -354,8 +355,8 @@ def test_distractor_tools_are_added_to_train_and_val_tool_traces_only(tmp_path):
     assert (tmp_path / "plain" / "test.jsonl").read_bytes() == (tmp_path / "on" / "test.jsonl").read_bytes()
     with_extra = 0
     for split in ("train", "val"):
-        plain_rows = {s["id"]: s for s in read_samples(tmp_path / "plain" / f"{split}.jsonl")}
-        for s in read_samples(tmp_path / "on" / f"{split}.jsonl"):
+        plain_rows = {s["id"]: s for s in read_jsonl(tmp_path / "plain" / f"{split}.jsonl")}
+        for s in read_jsonl(tmp_path / "on" / f"{split}.jsonl"):
             before = plain_rows[s["id"]]
             calls = [m.get("tool_calls") for m in s["messages"]]
             assert calls == [m.get("tool_calls") for m in before["messages"]]  # what is trained to call is unchanged

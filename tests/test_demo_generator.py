@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agenttune.common.atomic import write_jsonl
-from agenttune.demo import TOOLS, TOOLS_BY_NAME, execute, generate_traces, safe_eval
+from agenttune.demo.generator import generate_traces
+from agenttune.demo.tools import TOOLS, TOOLS_BY_NAME, execute, safe_eval
 from agenttune.traces.canonical import validate_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_same_arguments_same_traces_and_bytes(tmp_path):
 
 
 def test_independent_of_hash_seed():
-    code = ("import hashlib, json; from agenttune.demo import generate_traces; "
+    code = ("import hashlib, json; from agenttune.demo.generator import generate_traces; "
             "print(hashlib.sha256(json.dumps(generate_traces(150, 3), ensure_ascii=False).encode()).hexdigest())")
     digests = set()
     for hash_seed in ("1", "2"):

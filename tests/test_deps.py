@@ -23,9 +23,12 @@ def test_generation_does_not_depend_on_the_scorer():
 
 def test_imports_inside_functions_and_registries_loaded_by_name_count():
     ingest = set(module_files("scripts/ingest.py", root=REPO, relative_to=REPO))
-    # agenttune.traces.readers loads its reader modules with importlib: every reader is a dependency
+    # the registry (agenttune.traces.formats) imports every reader: each is a dependency of ingest
     readers = {f"agenttune/traces/readers/{p.name}" for p in (REPO / "agenttune/traces/readers").glob("*.py")}
     assert readers <= ingest
+    # agenttune.render loads its template modules with importlib: every template is a dependency of formatting
+    formatting = set(module_files("scripts/format_samples.py", root=REPO, relative_to=REPO))
+    assert {f"agenttune/render/{name}.py" for name in ("react", "openai_json", "autogpt", "tool_call")} <= formatting
     # ingestion does not run the templates: an edited template re-formats, it does not re-ingest
     assert not any(f.startswith("agenttune/render/") for f in ingest) and "agenttune/data/format.py" not in ingest
     # agenttune.evaluate.general imports agenttune.evaluate.items inside a function

@@ -9,7 +9,8 @@ import pytest
 
 from agenttune.data import mix
 from agenttune.evaluate.items import items_from_samples
-from agenttune.data.format import format_samples, read_samples
+from agenttune.common.atomic import read_jsonl
+from agenttune.data.format import format_samples
 from agenttune.demo.generator import generate_traces
 
 
@@ -63,7 +64,7 @@ def test_general_chat_mixed_at_eta_never_in_test(tmp_path):
         e = stats["eta"][split]
         assert e["general"] == e["general_target"] == mix.general_target(e["agent"], 0.2) == 4 * e["agent"]
         assert e["achieved_value"] == 0.2
-        samples = read_samples(tmp_path / "out" / f"{split}.jsonl")
+        samples = read_jsonl(tmp_path / "out" / f"{split}.jsonl")
         general_rows = [s for s in samples if s.get("general")]
         assert len(general_rows) == e["general"]
         assert all(s["kind"] == "no_tool" and s["template"] == "passthrough" and s["source"] == "chat"
@@ -71,7 +72,7 @@ def test_general_chat_mixed_at_eta_never_in_test(tmp_path):
         # Spread through the file, not appended: each fifth of the file holds about a fifth of the agent samples.
         agent_positions = [i for i, s in enumerate(samples) if not s.get("general")]
         assert abs(np.mean(agent_positions) / len(samples) - 0.5) < 0.05
-    test = read_samples(tmp_path / "out" / "test.jsonl")
+    test = read_jsonl(tmp_path / "out" / "test.jsonl")
     assert not [s for s in test if s.get("general")] and "test" not in stats["eta"]
     # Evaluation's items come from tool steps and no-tool negatives only.
     items = items_from_samples(test, "heldout", "test")
@@ -91,5 +92,5 @@ def test_not_enough_general_data_is_reported_not_hidden(tmp_path):
     e = stats["eta"]["train"]
     assert e["general"] < e["general_target"] and e["achieved_value"] > 0.2
     assert e["achieved"] == f"{e['agent']}:{e['agent'] + e['general']}"
-    counts = Counter(s.get("general", False) for s in read_samples(tmp_path / "out" / "train.jsonl"))
+    counts = Counter(s.get("general", False) for s in read_jsonl(tmp_path / "out" / "train.jsonl"))
     assert counts[True] == e["general"]

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from agenttune.data import mix
-from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples, read_samples
+from agenttune.common.atomic import read_jsonl
+from agenttune.data.format import SPLITS, FormatError, assign_split, format_samples
 from agenttune.demo.generator import generate_traces
 from agenttune.demo.tools import TOOLS_BY_NAME
 from agenttune.data.negatives import ToolListIndex, mined_trace, terms
@@ -87,7 +88,7 @@ def test_mined_negatives_hit_the_ratio_exactly_and_are_the_hardest(tmp_path, inp
                            roles={"chat": "general"})
     for split in SPLITS:
         r = stats["ratio"][split]
-        samples = read_samples(tmp_path / "out" / f"{split}.jsonl")
+        samples = read_jsonl(tmp_path / "out" / f"{split}.jsonl")
         pos = [s for s in samples if s["kind"] == "tool"]
         neg = [s for s in samples if s["kind"] == "no_tool"]
         assert (len(pos), len(neg)) == (r["positives"], r["negatives"])
@@ -109,7 +110,7 @@ def test_mined_negatives_hit_the_ratio_exactly_and_are_the_hardest(tmp_path, inp
 def test_hardest_first_against_all_scores(tmp_path, inputs):
     """The chosen mined negatives are exactly the top-scoring general queries of their split."""
     stats = format_samples(list(inputs), tmp_path / "out", _cfg(order=["mined"]), seed=3, roles={"chat": "general"})
-    train = read_samples(tmp_path / "out" / "train.jsonl")
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
     chosen = {s["trace_id"]: s["mined_score"] for s in train if s.get("negative_kind") == "mined"}
     assert len(chosen) == stats["ratio"]["train"]["negatives_by_kind"]["mined"] > 0
     # Score every train general query against the train tool lists ourselves.
@@ -173,7 +174,7 @@ def test_real_alpaca_mined_against_demo_tools(tmp_path):
            tmp_path / "all.jsonl", tmp_path / "q.jsonl", tmp_path / "s.json")
     stats = format_samples([tmp_path / "all.jsonl"], tmp_path / "out", _cfg(order=["mined"]), seed=3,
                            roles={"alpaca": "general"})
-    train = read_samples(tmp_path / "out" / "train.jsonl")
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
     mined = sorted((s for s in train if s.get("negative_kind") == "mined"), key=lambda s: -s["mined_score"])
     assert len(mined) == stats["ratio"]["train"]["negatives"] > 50
     top = mined[0]

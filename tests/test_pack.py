@@ -157,3 +157,18 @@ def test_training_runs_on_packed_shards(tmp_path, tiny_model_dir, smol_tokenizer
     assert metrics["tokens"] == sum(len(e.input_ids) for e in kept)
     assert metrics["global_step"] >= 1 and metrics["mean_loss"] == metrics["mean_loss"]  # ran, finite
     assert json.loads((tmp_path / "epoch-1" / "metrics.json").read_text())["epoch"] == 1
+
+
+def test_loading_refuses_a_row_longer_than_its_shard_records(tmp_path, encoded):
+    from agenttune.tokenize.encoder import Encoded
+    from agenttune.tokenize.load import load_shards
+
+    kept = [Encoded(f"s{i}", torch.tensor(e["input_ids"]).numpy(), torch.tensor(e["labels"]).numpy(), False)
+            for i, e in enumerate(encoded)]
+    path = tmp_path / "train-0.parquet"
+    write_table_atomic(shard_table(kept, 4096, False), path)
+    assert len(load_shards([path])) == len(kept)
+    short = min(len(e["input_ids"]) for e in encoded)
+    write_table_atomic(shard_table(kept, short, False), path)  # a shard claiming rows of at most `short` tokens
+    with pytest.raises(ValueError, match=rf"train-0.parquet: row s\d has \d+ tokens, more than the max_len {short}"):
+        load_shards([path])

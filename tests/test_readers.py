@@ -522,7 +522,7 @@ def test_unreadable_source_raises_ingest_error_and_writes_nothing(tmp_path, name
     assert message in str(raised.value) and str(path) in str(raised.value) and "'bad'" in str(raised.value)
     assert out.read_text() == "previous\n"
     assert not (tmp_path / "q.jsonl").exists() and not (tmp_path / "s.json").exists()
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_json_list_streaming_matches_json_load(tmp_path, monkeypatch):

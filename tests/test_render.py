@@ -133,8 +133,8 @@ def test_parallel_calls_and_loss_flags(template):
 
 
 def test_stop_strings_never_occur_in_a_valid_output():
-    """Evaluation stops generation on the union of all templates' STOP strings, so none may occur in the
-    assistant text of any template."""
+    """Evaluation stops generation on a template's STOP strings; none may occur in the assistant text of any
+    template, so that no template's stops cut another's valid output short."""
     stops = {s for module in ALL.values() for s in module.STOP}
     for trace in generate_traces(60, seed=2) + [PARALLEL, GOOD]:
         for template in TEMPLATES:

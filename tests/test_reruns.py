@@ -141,7 +141,7 @@ def _edited(module: Path):
 
 @pytest.mark.slow
 def test_editing_the_scoring_module_rescores_only(two_runs):
-    with _edited(REPO / "agenttune" / "score.py"):
+    with _edited(REPO / "agenttune" / "evaluate" / "metrics.py"):
         assert planned_rules() == {"score", "report"}
     assert planned_rules() == set()
 

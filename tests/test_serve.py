@@ -171,10 +171,11 @@ def test_only_loopback_unless_allowed(server):
 def test_candidate_generation_over_http_then_review_and_merge(server, tmp_path):
     from agenttune.evaluate.items import build_items
 
-    endpoint = Endpoint(server["url"] + "/v1", "tiny-served", KEY)
+    endpoint = Endpoint(server["url"] + "/v1", "tiny-served", KEY, timeout_s=120)
     assert KEY not in repr(endpoint)
     logs: list[str] = []
-    rows, stats = generate_candidates(endpoint, [[WEATHER]], 3, 0.0, 5, max_tokens=64, log=logs.append)
+    rows, stats = generate_candidates(endpoint, [[WEATHER]], 3, 0.0, 5, max_tokens=64, temperature=0.0,
+                                      log=logs.append)
     assert stats["asked"] == 3 and stats["usable"] + stats["failed"] == 3
     assert stats["usable"] == 3, stats["failures"]
     assert [r["expected"]["arguments"]["city"] for r in rows] == CITIES
@@ -200,5 +201,6 @@ def test_candidate_generation_over_http_then_review_and_merge(server, tmp_path):
 
 def test_unreachable_endpoint_is_counted_not_fatal():
     endpoint = Endpoint("http://127.0.0.1:9/v1", "none", None, timeout_s=2)
-    rows, stats = generate_candidates(endpoint, [[WEATHER]], 2, 0.5, 1, log=lambda _m: None)
+    rows, stats = generate_candidates(endpoint, [[WEATHER]], 2, 0.5, 1, max_tokens=64, temperature=0.0,
+                                      log=lambda _m: None)
     assert rows == [] and stats["reasons"] == {"request failed": 2}

@@ -63,7 +63,7 @@ def test_chained_epochs_equal_uninterrupted_run(chained):
 def test_metrics_record_mfu_in_the_cost_modules_convention(chained, shards):
     path = chained["e2"] / "metrics.json"
     m = json.loads(path.read_text())
-    assert m["mfu_convention"] == "agenttune.cluster.cost" and m["world_size"] == 1 and m["mfu_devices"] == 1
+    assert m["mfu_convention"] == "agenttune.cost" and m["world_size"] == 1 and m["mfu_devices"] == 1
     assert m["tokens"] > 0 and m["train_time_s"] > 0 and m["peak_memory_bytes"] > 0 and m["deepspeed_stage"] is None
     assert len(m["loss_curve"]) == 6 and m["tokens_per_s"] == pytest.approx(m["tokens"] / m["train_time_s"], rel=1e-2)
     # The number agenttune.cluster.cost computes for these tokens, rows and seconds: attention included, 6·N·T alone is less.

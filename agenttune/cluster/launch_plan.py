@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from agenttune.common.config import section_with_defaults
 
 LAUNCHERS = ("none", "torchrun", "deepspeed", "srun")
+_TRAIN_DEFAULTS = section_with_defaults({}, "train")
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    launcher: str = "none"
-    nodes: int = 1
-    nproc_per_node: int = 1
+    launcher: str = _TRAIN_DEFAULTS["launcher"]
+    nodes: int = _TRAIN_DEFAULTS["nodes"]
+    nproc_per_node: int = _TRAIN_DEFAULTS["nproc_per_node"]
     master_port: int | None = None
 
     @property

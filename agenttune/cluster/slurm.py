@@ -2,7 +2,7 @@
 
 Takes: a site file (`config/site.yaml`, or the file named by $AGENTTUNE_SLURM_SITE) that says what is particular to
 one cluster (partitions, account, QoS, the GPU's gres name/type and feature, GPUs per node, CPUs and memory per GPU,
-runtimes); a run's `train` section (launcher, nodes, ranks per node: agenttune.train.launch); and what the cluster reports
+runtimes); a run's `train` section (launcher, nodes, ranks per node: agenttune.cluster.launch_plan); and what the cluster reports
 (`scontrol show partition -o`, `scontrol show node -o`, `scontrol show config`), read live or from recorded text.
 Gives: the `default-resources` / `set-resources` that profiles/slurm/config.yaml renders for
 snakemake-executor-plugin-slurm, the resources of the training job (nodes, one launcher task per node, gres per
@@ -170,7 +170,7 @@ def load_site(path: str | Path | None = None) -> Site:
 
 def train_shape(train_cfg: dict, source: str = "config") -> tuple[int, int]:
     """(nodes, GPUs per node) of the training job: the launch plan of the run config's `train` section
-    (`nodes` × `nproc_per_node` ranks, one GPU each; agenttune.train.launch)."""
+    (`nodes` × `nproc_per_node` ranks, one GPU each; agenttune.cluster.launch_plan)."""
     try:
         plan = plan_launch(train_cfg)
     except ValueError as e:
@@ -182,7 +182,7 @@ def train_resources(train_cfg: dict, site: Site | None = None, source: str = "co
     """Resources of the training job for snakemake-executor-plugin-slurm, from the run config's `train` section;
     what rules/train.smk declares for `train_epoch`.
 
-    agenttune.train.launch decides the tasks: one launcher per node for torchrun/DeepSpeed over several nodes, one task
+    agenttune.cluster.launch_plan decides the tasks: one launcher per node for torchrun/DeepSpeed over several nodes, one task
     per rank for `launcher: srun`, and `mpi: "srun"` whenever the job's script starts them with srun itself (the
     plugin otherwise runs the job inside `srun -n1`, where a nested multi-task srun hangs). Here the GPUs are added
     as gres per node, `gpu:<type>:<nproc_per_node>`, so that every node of a multi-node job gets the same GPUs

@@ -5,8 +5,8 @@ whole package as input would re-run on any edit; a hand-kept list goes stale. So
 `agenttune` modules a script imports, followed transitively through the package's own imports (read with `ast`,
 nothing is executed). Imports inside functions count too: they run when the stage runs.
 
-A package `__init__` that loads its sibling modules by name (`importlib.import_module`, e.g. the trace readers'
-registry) depends on every module of that package.
+A package `__init__` that loads its sibling modules by name (`importlib.import_module`, e.g. the template
+registry in agenttune/render/__init__.py) depends on every module of that package.
 
     module_files("scripts/score.py")  ->  ["agenttune/__init__.py", "agenttune/evaluate/score.py", ...]
 """

@@ -122,11 +122,6 @@ def _read_traces(paths: list[Path], validate: bool = True) -> Iterator[tuple[int
                 pos += 1
 
 
-def read_samples(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _dumps(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 

@@ -140,7 +140,7 @@ def candidate_trace(c: dict) -> dict:
 class Endpoint:
     """POST {base_url}/chat/completions. The key is held, never shown (repr, errors and logs leave it out)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0):
+    def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._api_key = api_key
@@ -179,10 +179,11 @@ def endpoint_from_config(cfg: dict, log=print) -> Endpoint:
     if not base_url or not model:
         raise ValueError("candidate generation needs evaluate.generate_candidates.base_url and .model (or "
                          "AGENTTUNE_CANDIDATES_BASE_URL / AGENTTUNE_CANDIDATES_MODEL)")
-    key_env = section_with_defaults(cfg, "evaluate", "generate_candidates")["api_key_env"]
+    cfg = section_with_defaults(cfg, "evaluate", "generate_candidates")
+    key_env = cfg["api_key_env"]
     key = os.environ.get(key_env) or None
     log(f"endpoint {base_url} model {model}; API key: {'from $' + key_env if key else 'none ($' + key_env + ' unset)'}")
-    return Endpoint(base_url, model, key, cfg.get("timeout_s", 120.0))
+    return Endpoint(base_url, model, key, cfg["timeout_s"])
 
 
 # --- generation -------------------------------------------------------------------------------------------------
@@ -200,11 +201,14 @@ Write test case {k}: one realistic request a user might send that none of these 
 Reply with only: {{"query": "<the request>", "call": null, "answer": "<the answer>"}}"""
 
 
-def tool_sets_from_traces(paths: list[str | Path]) -> list[list[dict]]:
-    """The distinct tool lists of canonical traces (in first-seen order), from JSONL files."""
+def tool_sets_from_traces(paths: list[str | Path], trace_ids: set[str] | None = None) -> list[list[dict]]:
+    """The distinct tool lists of canonical traces (in first-seen order), from JSONL files; with `trace_ids`, of
+    those traces only."""
     seen, out = set(), []
     for path in paths:
         for trace in iter_jsonl(path):
+            if trace_ids is not None and trace["id"] not in trace_ids:
+                continue
             tools = trace.get("tools") or []
             key = json.dumps(tools, sort_keys=True)
             if tools and key not in seen:
@@ -264,7 +268,7 @@ def candidate_request(tool_sets: list[list[dict]], k: int, seed: int, negative_s
 
 
 def generate_candidates(endpoint: Endpoint, tool_sets: list[list[dict]], n: int, negative_share: float, seed: int,
-                        max_tokens: int = 256, temperature: float = 0.0, log=print) -> tuple[list[dict], dict]:
+                        max_tokens: int, temperature: float, log=print) -> tuple[list[dict], dict]:
     """Ask for `n` candidates; return (valid ones as pending rows, stats with every failure and its reason)."""
     if not tool_sets:
         raise ValueError("no tool lists to write candidates for")

@@ -12,7 +12,11 @@ import json
 import math
 from pathlib import Path
 
-from agenttune.common.atomic import read_jsonl
+from agenttune.common.atomic import iter_jsonl, read_jsonl
+from agenttune.common.config import section_with_defaults
+
+# The n-gram of contamination checks and the precision, where a caller does not give them: the schema's.
+EVALUATE_DEFAULTS = section_with_defaults({}, "evaluate")
 
 
 def general_items(source: str, max_items: int | None, seed: int, val_samples_path=None, test_samples_path=None,
@@ -29,43 +33,39 @@ def general_items(source: str, max_items: int | None, seed: int, val_samples_pat
     import hashlib
 
     from agenttune.evaluate.items import TrainingQueries
-    from agenttune.data.format import read_samples
 
     def rank(key: str) -> str:
         return hashlib.sha256(f"{seed}\x1fgeneral\x1f{key}".encode()).hexdigest()
 
     items: list[dict] = []
     if source == "auto":
-        general = [s for s in read_samples(val_samples_path) if s.get("general")]
+        general = [s for s in read_jsonl(val_samples_path) if s.get("general")]
         source = "general_val" if general else "heldout_no_tool"
     if source == "general_val":
-        for s in read_samples(val_samples_path):
+        for s in read_jsonl(val_samples_path):
             if s.get("general"):
                 msgs = [{"role": m["role"], "content": m["content"]} for m in s["messages"]]
                 if msgs and msgs[-1]["role"] == "assistant":
                     items.append({"id": s["id"], "messages": msgs})
         what = "general chat mixed into the validation split (never trained on)"
     elif source == "heldout_no_tool":
-        held = {s["trace_id"] for path in (val_samples_path, test_samples_path) for s in read_samples(path)
+        held = {s["trace_id"] for path in (val_samples_path, test_samples_path) for s in read_jsonl(path)
                 if s["kind"] == "no_tool" and s["template"] != "passthrough"}
-        with open(traces_path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                trace = json.loads(line)
-                if trace["id"] not in held or any(m.get("tool_calls") for m in trace["messages"]):
-                    continue
-                msgs = [{"role": m["role"], "content": m["content"]} for m in trace["messages"]
-                        if m["role"] in ("system", "user", "assistant")]
-                if msgs and msgs[-1]["role"] == "assistant" and msgs[-1]["content"].strip():
-                    items.append({"id": trace["id"], "messages": msgs})
+        for trace in iter_jsonl(traces_path):
+            if trace["id"] not in held or any(m.get("tool_calls") for m in trace["messages"]):
+                continue
+            msgs = [{"role": m["role"], "content": m["content"]} for m in trace["messages"]
+                    if m["role"] in ("system", "user", "assistant")]
+            if msgs and msgs[-1]["role"] == "assistant" and msgs[-1]["content"].strip():
+                items.append({"id": trace["id"], "messages": msgs})
         what = ("held-out (val + test) traces that need no tool, as plain chat without the tool prompt: the "
                 "demo's direct answers to general questions")
     elif source == "alpaca":
         from agenttune.traces.readers import alpaca
         from agenttune.traces.readers.common import RawError
 
-        training = TrainingQueries(read_samples(train_samples_path), 13) if train_samples_path else None
+        training = (TrainingQueries(read_jsonl(train_samples_path), EVALUATE_DEFAULTS["decontaminate_ngram"])
+                    if train_samples_path else None)
         skipped = 0
         for record in alpaca.records(Path(alpaca_path)):
             if isinstance(record.data, RawError):
@@ -100,7 +100,8 @@ def _answer_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
     return ctx_ids + ans_ids, len(ctx_ids)
 
 
-def general_loss(model_dir: str | Path, items_path: str | Path, precision: str = "fp32", log=print) -> dict:
+def general_loss(model_dir: str | Path, items_path: str | Path, precision: str = EVALUATE_DEFAULTS["precision"],
+                 log=print) -> dict:
     """Mean token loss (nats) and perplexity of the model on the final answers of the general-chat items; the CI is
     a bootstrap over items of the token-weighted mean."""
     import random

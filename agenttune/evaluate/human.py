@@ -88,13 +88,9 @@ def export_sheet(items_path, predictions: dict[str, str], n_items: int, seed: in
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(out_rows)
-    _write_atomic(sheet_path, buf.getvalue())
-    _write_atomic(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
+    write_text(sheet_path, buf.getvalue())
+    write_text(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
     return {"rows": len(out_rows), "items": len(chosen), "models": sorted(preds)}
-
-
-def _write_atomic(path, text: str) -> None:
-    write_text(path, text)
 
 
 def read_sheet(path, key: dict) -> dict[str, int]:

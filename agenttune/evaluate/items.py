@@ -32,12 +32,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agenttune.common.atomic import write_jsonl
+from agenttune.common.atomic import read_jsonl, write_jsonl
 from agenttune.common.config import section_with_defaults
 from agenttune.render.samples import choose_templates, choose_tool_format, render_trace
 
 BENCHMARKS = ("heldout", "val", "bfcl")
-BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 _LABEL = re.compile(r"^\s*(?:question|user|human)\s*:\s*", re.I)
 _WORD = re.compile(r"\w+")
 
@@ -233,24 +232,22 @@ def bfcl_items(root: str | Path, categories: list[str], max_per_category: int | 
 def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_path=None, format_cfg=None,
                 renderers=None, log=print) -> tuple[list[dict], dict]:
     """Items and stats of one benchmark. `cfg` is the `evaluate` config section."""
-    from agenttune.data.format import read_samples
-
     cfg = section_with_defaults(cfg, "evaluate")
     stats: Counter = Counter()
     removed: list[dict] = []
     ngram = cfg["decontaminate_ngram"]
     if benchmark == "heldout":
-        items = items_from_samples(read_samples(samples_path), "heldout", "test", stats)
+        items = items_from_samples(read_jsonl(samples_path), "heldout", "test", stats)
         stats["items_built"] = len(items)
         items = select(items, cfg.get("max_items"), seed)
         if train_path:  # the split is by trace and the data stage removes cross-split duplicates: report only
-            training = TrainingQueries(read_samples(train_path), ngram)
+            training = TrainingQueries(read_jsonl(train_path), ngram)
             stats["overlapping_training_queries"] = sum(1 for it in items if training.contamination(it))
     elif benchmark == "val":
         from agenttune.evaluate.candidates import candidate_trace, read_candidates
 
         vcfg = cfg.get("val") or {}
-        items = items_from_samples(read_samples(samples_path), "val", "val", stats)
+        items = items_from_samples(read_jsonl(samples_path), "val", "val", stats)
         stats["val_items"] = len(items)
         if vcfg.get("candidates"):
             candidates = read_candidates(vcfg["candidates"])
@@ -265,7 +262,7 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
             stats["candidate_items"] = stats["candidates_accepted"] + stats["candidates_edited"]
         items = deduplicate(items, stats)
         ngram = vcfg["decontaminate_ngram"]
-        training = TrainingQueries(read_samples(train_path), ngram)
+        training = TrainingQueries(read_jsonl(train_path), ngram)
         items = decontaminate(items, training, stats, removed)
         items = select(items, vcfg.get("max_items"), seed)
     elif benchmark == "bfcl":
@@ -273,7 +270,7 @@ def build_items(benchmark: str, cfg: dict, seed: int, samples_path=None, train_p
         items = bfcl_items(bcfg["path"], bcfg["categories"],
                            bcfg.get("max_items_per_category"), format_cfg, seed, renderers, stats)
         ngram = bcfg["decontaminate_ngram"]
-        training = TrainingQueries(read_samples(train_path), ngram)
+        training = TrainingQueries(read_jsonl(train_path), ngram)
         items = decontaminate(items, training, stats, removed)
         items = sorted(items, key=lambda it: it["id"])
     else:

@@ -15,7 +15,8 @@ A template is one module in this package with:
     def parse(text) -> ParsedOutput     # what the model wrote for one step, read back
 
 and one line in `TEMPLATE_MODULES` below. STOP holds text that only appears when a model runs on past its turn,
-never inside a valid output of any template, because evaluation stops on the union of all templates' strings.
+never inside a valid output of any template (evaluation stops each item on its template's strings; keeping them
+apart from every template's outputs lets one stop list serve a model whatever template it was tuned on).
 Everything keyed by template name comes from this registry: `TEMPLATES`, `PARSERS`, `parse(template, text)`,
 each template's stops (`get_template(name).STOP`); config/schema.yaml lists the same names under
 `format.templates` (tests/test_render.py fails when they differ). docs/formatting.md shows how to add one.

@@ -7,7 +7,7 @@ Gives: `turns(trace, one_call_per_step)`: a list of turns, each
 where `results` are the tool messages that answer the turn's calls, in call order. Templates whose format holds
 one call per step (ReAct, AutoGPT) ask for `one_call_per_step=True`: a turn with parallel calls is then cut into
 one turn per call, each followed by its own result, which is how those agents would have run the same calls.
-And the helpers that build sample messages in the shape tokenize.py and evaluate.py read.
+And the helpers that build sample messages in the shape the tokenize and evaluate stages read.
 """
 
 from __future__ import annotations

@@ -41,9 +41,12 @@ from typing import Sequence
 
 import numpy as np
 
+from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file
 
 IGNORE_INDEX = -100
+# What a sample longer than max_len becomes when the caller does not say: the schema's tokenize.overlong.
+DEFAULT_OVERLONG = section_with_defaults({}, "tokenize")["overlong"]
 DROP_REASONS = ("too_long", "no_whole_turn_fits", "no_trained_token")
 _MARK = "\ue000{}\ue001"  # private-use characters: marker contents for learning a template's layout
 
@@ -137,7 +140,7 @@ def _prefix_spans(render, messages: list[dict], flags: list[bool], full: str, eo
 
 
 def encode_sample_reference(tokenizer, sample: dict, max_len: int,
-                            overlong: str = "drop") -> tuple[list[int], list[int]]:
+                            overlong: str = DEFAULT_OVERLONG) -> tuple[list[int], list[int]]:
     """The slow reference path with a transformers tokenizer: O(turns^2) template renders, whole-text offsets.
     Raises SampleDropped."""
     messages = chat_messages(sample)
@@ -324,7 +327,8 @@ class ChatEncoder:
 
     # encoding
 
-    def encode(self, samples: Sequence[dict], max_len: int, overlong: str = "drop") -> list[Encoded | Dropped]:
+    def encode(self, samples: Sequence[dict], max_len: int,
+               overlong: str = DEFAULT_OVERLONG) -> list[Encoded | Dropped]:
         """Encode samples in order; a sample that cannot be kept comes back as Dropped (never silently)."""
         out: list[Encoded | Dropped] = []
         for k in range(0, len(samples), self.batch_size):
@@ -493,7 +497,8 @@ class ChatEncoder:
 _HF_ENCODERS: dict[int, ChatEncoder] = {}
 
 
-def encode_sample(tokenizer, sample: dict, max_len: int, overlong: str = "drop") -> tuple[list[int], list[int]]:
+def encode_sample(tokenizer, sample: dict, max_len: int,
+                  overlong: str = DEFAULT_OVERLONG) -> tuple[list[int], list[int]]:
     """Token ids and labels of one sample with a transformers tokenizer (the fast path). Raises SampleDropped."""
     encoder = _HF_ENCODERS.get(id(tokenizer))
     if encoder is None or encoder.backend is not tokenizer.backend_tokenizer:

@@ -31,6 +31,9 @@ from typing import Sequence
 from agenttune.tokenize.encoder import IGNORE_INDEX
 
 PACKING_KEY = b"agenttune.packing"
+# The row capacity a shard was made for, in its metadata next to PACKING_KEY; loading refuses longer rows
+# (agenttune.tokenize.load).
+MAX_LEN_KEY = b"agenttune.max_len"
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -22,7 +22,7 @@ from agenttune.common.atomic import atomic_write
 from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file
 from agenttune.tokenize.encoder import IGNORE_INDEX, ChatEncoder, Dropped, Encoded
-from agenttune.tokenize.pack import PACKING_KEY, best_fit_decreasing, packing_efficiency
+from agenttune.tokenize.pack import MAX_LEN_KEY, PACKING_KEY, best_fit_decreasing, packing_efficiency
 from agenttune.tokenize.plan import read_shard_samples
 
 # The columns training needs; a table with only these holds one sample per row.
@@ -36,12 +36,6 @@ SHARD_SCHEMA = pa.schema([
 # What tokenize_shard writes: plus the samples each row holds and their lengths (their sum is n_tokens).
 SHARD_SCHEMA_FULL = SHARD_SCHEMA.append(pa.field("sample_ids", pa.list_(pa.string()))).append(
     pa.field("seq_lens", pa.list_(pa.int32())))
-
-# Written into every shard's schema metadata next to PACKING_KEY: the row capacity the shard was made for. Nothing
-# in the pipeline reads it (the manifest holds max_len too); it stays because it is part of the shard format
-# (docs/tokenize.md), and dropping it would change every shard's bytes and the sha256 the manifests record.
-MAX_LEN_KEY = b"agenttune.max_len"
-
 
 def _list_array(arrays: list[np.ndarray]) -> pa.Array:
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)

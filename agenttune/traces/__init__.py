@@ -1,5 +1,2 @@
-"""Traces: the canonical trace model (docs/trace-schema.md) and the readers that map raw formats onto it."""
-
-from agenttune.traces.canonical import TraceError, read_traces, validate_trace
-
-__all__ = ["TraceError", "read_traces", "validate_trace"]
+"""Traces stage: raw trace files -> canonical traces (docs/trace-schema.md): the canonical model, one reader per raw
+format (readers/), the format registry and ingest."""

@@ -24,19 +24,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from agenttune.common.atomic import atomic_write
 from agenttune.common.spill import Scratch, SeenSet
 from agenttune.traces.canonical import TraceError, validate_trace
 from agenttune.traces.formats import get_reader
 from agenttune.traces.readers.common import RawError, RawRecord, UnreadableFile
 
-# Reason text prefix -> kind; reasons are written by readers/__init__.py, the readers and canonical.validate_trace.
+# Reason text prefix -> kind; reasons are written by readers/common.py, the readers and canonical.validate_trace.
 REASON_KINDS = (
     ("not valid UTF-8", "not_utf8"),
     ("malformed JSON", "malformed_json"),
@@ -167,21 +167,9 @@ def _ingest_source(spec: SourceSpec, out, quarantine, seen_ids: SeenSet, seen_co
 @contextmanager
 def _atomic_outputs(*paths: Path):
     """Text handles on temp files beside `paths`; the targets are replaced only if the block succeeds."""
-    temps = []
-    try:
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temps.append((open(temp, "w", encoding="utf-8", newline="\n"), temp, path))
-        yield [handle for handle, _, _ in temps]
-        for handle, _, _ in temps:
-            handle.close()
-        for _, temp, path in temps:
-            os.replace(temp, path)
-    finally:
-        for handle, temp, _ in temps:
-            handle.close()
-            temp.unlink(missing_ok=True)
+    with ExitStack() as stack:
+        yield [stack.enter_context(open(stack.enter_context(atomic_write(path)), "w", encoding="utf-8", newline="\n"))
+               for path in paths]
 
 
 def ingest(sources: list[SourceSpec], out_path, quarantine_path, stats_path) -> dict:

@@ -25,7 +25,7 @@ runs report. A measured MFU (--metrics) replaces it from the first epoch on."""
 
 # Rows of unknown length count as this long: the schema's tokenize.max_len.
 DEFAULT_MAX_LEN = section_with_defaults({}, "tokenize")["max_len"]
-MFU_CONVENTION = "agenttune.cluster.cost"
+MFU_CONVENTION = "agenttune.cost"  # a format tag in metrics.json: the value from before the move into cluster/
 """How metrics.json marks an `mfu` counted with `training_flops` (the training job writes it, preflight reads it)."""
 
 SeqLens = int | list | tuple | dict
@@ -153,7 +153,7 @@ def read_measured_mfu(path: str | Path, shape: ModelShape, seq_len: SeqLens = DE
                       grad_checkpointing: bool = False) -> tuple[float, str]:
     """The `mfu` a training epoch recorded in metrics.json, in this module's FLOP count.
 
-    A file marked `"mfu_convention": "agenttune.cluster.cost"` is taken as is. Anything else is read as
+    A file marked `"mfu_convention": "agenttune.cost"` is taken as is. Anything else is read as
     agenttune/train/trainer.py writes it today, 6·`parameters`·T / wall / peak (no attention, no recompute),
     and rescaled by training_flops per token / (6·parameters). Returns (mfu, how it was read)."""
     metrics = json.loads(Path(path).read_text())

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from agenttune.traces.readers.common import RawRecord, UnreadableFile, expect_object, raw_id_of
 
 FORMAT = "hf_dataset"
-# Format name -> reader module, filled by the registry (agenttune.traces.readers) when it is imported; importing
+# Format name -> reader module, filled by the registry (agenttune.traces.formats) when it is imported; importing
 # the registry from here would be an import circle.
 INNER_READERS: dict[str, ModuleType] = {}
 
