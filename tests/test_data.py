@@ -426,3 +426,16 @@ def test_rules_ingest_configured_sources_with_roles(tmp_path):
         assert "model" in json.loads((out / "samples" / "manifest.json").read_text())["inputs"]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_a_failed_run_keeps_the_previous_samples_and_leaves_no_temp_files(tmp_path):
+    """The three split files are replaced together, and only once every check has passed."""
+    src = _write(tmp_path / "t.jsonl", generate_traces(80, seed=4))
+    out = tmp_path / "out"
+    format_samples([src], out, _full_cfg(), seed=2)
+    before = {split: (out / f"{split}.jsonl").read_bytes() for split in SPLITS}
+    wrong = {"total": {"kept": 79}, "sources": []}  # stats of another traces file: refused after rendering
+    with pytest.raises(FormatError, match="ingest kept 79 traces but 80 were read"):
+        format_samples([src], out, _full_cfg(renders_per_trace=1), seed=3, ingest_stats=wrong)
+    assert {split: (out / f"{split}.jsonl").read_bytes() for split in SPLITS} == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

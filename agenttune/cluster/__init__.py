@@ -1,1 +1,3 @@
-"""Cost stage (rules/cluster.smk: cost_preflight) and the Slurm site: time and memory before submitting, resources per job."""
+"""Cost stage (rules/cluster.smk: cost_preflight) and the Slurm site: time and memory before submitting, resources per
+job.
+"""

@@ -1,1 +1,3 @@
-"""The shared layer: atomic files and JSONL, manifests, run logs, rule dependencies, bounded-memory spill, config defaults."""
+"""The shared layer: atomic files and JSONL, manifests, run logs, rule dependencies, bounded-memory spill, config
+defaults.
+"""

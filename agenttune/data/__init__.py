@@ -1,1 +1,3 @@
-"""Formatting stage (rules/data.smk: format_samples): canonical traces -> samples: splits, templates, hard negatives, general-chat mixing, decontamination."""
+"""Formatting stage (rules/data.smk: format_samples): canonical traces -> samples: splits, templates, hard negatives,
+general-chat mixing, decontamination.
+"""

@@ -30,25 +30,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from agenttune.common.atomic import atomic_write
+from agenttune.common.config import section_with_defaults
+from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
 from agenttune.data import mix
 from agenttune.data.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
+from agenttune.data.negatives import ToolListIndex, mined_trace
 from agenttune.render import TEMPLATES, get_template, passthrough
 from agenttune.render.common import turns
 from agenttune.render.samples import (Renderer, choose_templates, choose_tool_format, make_renderers, render_trace,
                                       trace_kind, unit_interval)
-from agenttune.data.negatives import ToolListIndex, mined_trace
-from agenttune.common.config import section_with_defaults
-from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
-from agenttune.traces.sources import ROLES, FormatError
 from agenttune.traces.canonical import TraceError, validate_trace
+from agenttune.traces.sources import ROLES, FormatError
 
 SPLITS = ("train", "val", "test")
 NEGATIVE_KINDS = ("user", "no_tool", "mined")
@@ -452,7 +453,7 @@ class _Stage:
         """(best tool list, score) if the general item at `pos` was chosen as a mined negative."""
         return self.db.execute("SELECT best, score FROM mined WHERE pos = ?", (pos,)).fetchone()
 
-    def pass3(self, out_dir: Path) -> dict:
+    def pass3(self, out_dir: Path, targets: dict[str, Path]) -> dict:
         counts = {s: Counter() for s in SPLITS}
         # Histograms of sample lengths (bounded by the longest sample, not by the number of samples).
         lengths = {s: (Counter(), Counter()) for s in SPLITS}
@@ -533,7 +534,7 @@ class _Stage:
             for f in files.values():
                 f.close()
             for split in SPLITS:
-                self._merge(out_dir, split, written[(split, "agent")], written[(split, "general")])
+                self._merge(out_dir, split, targets[split], written[(split, "agent")], written[(split, "general")])
         finally:
             for f in files.values():
                 f.close()
@@ -550,9 +551,8 @@ class _Stage:
             self.overlap.select(test_item)
 
     @staticmethod
-    def _merge(out_dir: Path, split: str, n_agent: int, n_general: int) -> None:
-        """Interleave the general chat into the agent samples in proportion, into a temp file beside the target."""
-        target = out_dir / f".{split}.jsonl.tmp"
+    def _merge(out_dir: Path, split: str, target: Path, n_agent: int, n_general: int) -> None:
+        """Interleave the general chat into the agent samples in proportion, into `target` (the split file's temp)."""
         with open(out_dir / f".{split}.agent.tmp", encoding="utf-8") as a, \
                 open(out_dir / f".{split}.general.tmp", encoding="utf-8") as g, \
                 open(target, "w", encoding="utf-8", newline="\n") as out:
@@ -586,12 +586,13 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _filled(cfg)
     renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
-    scratch = Scratch(out_dir)
-    try:
+    # The three split files replace earlier ones only when everything below has passed (atomic_write).
+    with ExitStack() as outputs, Scratch(out_dir) as scratch:
+        targets = {split: outputs.enter_context(atomic_write(out_dir / f"{split}.jsonl")) for split in SPLITS}
         stage = _Stage([Path(p) for p in trace_paths], cfg, seed, roles or {}, renderers, scratch)
         stage.pass1()
         stage.pass2()
-        result = stage.pass3(out_dir)
+        result = stage.pass3(out_dir, targets)
         stats = _stats(stage, result)
         if ingest_stats is not None:
             kept = ingest_stats["total"]["kept"]
@@ -600,13 +601,6 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
                                   "and the ingest stats do not belong together")
             stats["ingest"] = {s["name"]: {k: s[k] for k in ("format", "read", "kept", "quarantined", "deduplicated",
                                                               "quarantined_by_kind")} for s in ingest_stats["sources"]}
-        # Only now, with every check passed, do the three files replace earlier ones.
-        for split in SPLITS:
-            os.replace(out_dir / f".{split}.jsonl.tmp", out_dir / f"{split}.jsonl")
-    finally:
-        scratch.close()
-        for split in SPLITS:
-            (out_dir / f".{split}.jsonl.tmp").unlink(missing_ok=True)
     return stats
 
 

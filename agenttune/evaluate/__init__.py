@@ -1,1 +1,3 @@
-"""Evaluate stage (rules/evaluate.smk): benchmark items, generation, predictions, scoring, general-chat loss, human ratings, serving."""
+"""Evaluate stage (rules/evaluate.smk): benchmark items, generation, predictions, scoring, general-chat loss, human
+ratings, serving.
+"""

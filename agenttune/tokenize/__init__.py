@@ -1,1 +1,2 @@
-"""Tokenize stage (rules/tokenize.smk): samples -> Parquet token shards with exact loss masks, packing and a manifest."""
+"""Tokenize stage (rules/tokenize.smk): samples -> Parquet token shards with exact loss masks, packing and a manifest.
+"""

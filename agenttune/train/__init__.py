@@ -1,1 +1,2 @@
-"""Train stage (rules/train.smk): base-model preparation, one epoch per job (HF Trainer, DeepSpeed ZeRO-3), launchers."""
+"""Train stage (rules/train.smk): base-model preparation, one epoch per job (HF Trainer, DeepSpeed ZeRO-3), launchers.
+"""

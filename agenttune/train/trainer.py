@@ -451,7 +451,7 @@ def _write_epoch_manifest(folder: Path, base_model_dir, shard_paths, resume_from
                    outputs={name: sha256_file(folder / name) for name in weights})
 
 
-# --------------------------------------------------------------------------- rank entry point
+# ------------------------------------------------------------- the job spec the ranks read (agenttune.train.worker)
 
 def write_job_spec(path: str | Path, base_model_dir, shard_paths, prev_epoch_dir, out_dir, epoch: int, cfg: dict,
                    seed: int, compute: dict | None = None, uninterrupted: bool = False) -> Path:
