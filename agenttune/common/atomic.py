@@ -34,13 +34,18 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8", newline="")
 
 
+def jsonl_line(row, compact: bool = True) -> str:
+    """One row as a JSON Lines line, newline included: the one row format of every JSONL the pipeline writes, also
+    of the writers that stream (ingest, formatting). `compact=False` keeps json.dumps' default `, ` and `: `
+    separators: the bytes the demo traces file has always had (a change there would change every demo run's inputs)."""
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":") if compact else None) + "\n"
+
+
 def write_jsonl(path: str | Path, rows, compact: bool = True) -> None:
-    """One JSON object per line. `compact=False` keeps json.dumps' default `, ` and `: ` separators: the bytes the
-    demo traces file has always had (a change there would change every demo run's inputs)."""
-    separators = (",", ":") if compact else None
+    """One JSON object per line (`jsonl_line`)."""
     with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=separators) + "\n")
+            fh.write(jsonl_line(row, compact))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:

@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from agenttune.common.atomic import atomic_write
+from agenttune.common.atomic import atomic_write, jsonl_line
 from agenttune.common.config import section_with_defaults
 from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
 from agenttune.data import mix
@@ -57,12 +57,6 @@ CATEGORIES = ("positive", "no_tool", "fixed", "user", "general")
 DROPPED = 1 << 5
 # One n-gram partition per this many bytes of input keeps each partition's join small (agenttune.data.decontam).
 NGRAM_PARTITION_BYTES = 4 << 20
-
-def _filled(cfg: dict) -> dict:
-    """The `split` and `format` sections of `cfg` with the schema's defaults filled in (agenttune.common.config;
-    a deep copy), so that library callers may pass only what they set."""
-    return {**cfg, "split": section_with_defaults(cfg["split"], "split"),
-            "format": section_with_defaults(cfg["format"], "format")}
 
 
 # --- deterministic choices ------------------------------------------------------------------------------------
@@ -123,10 +117,6 @@ def _read_traces(paths: list[Path], validate: bool = True) -> Iterator[tuple[int
                 pos += 1
 
 
-def _dumps(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-
-
 # --- the stage --------------------------------------------------------------------------------------------------
 
 
@@ -137,7 +127,7 @@ class _Stage:
                  scratch: Scratch):
         self.paths, self.seed, self.roles, self.renderers = paths, seed, roles, renderers
         self.scratch, self.db = scratch, scratch.db
-        self.cfg = _filled(cfg)
+        self.cfg = cfg
         split_cfg, fmt = self.cfg["split"], self.cfg["format"]
         self.val, self.test = split_cfg["val"], split_cfg["test"]
         self.holdout_tools = set(split_cfg["holdout"]["tools"])
@@ -469,7 +459,7 @@ class _Stage:
 
             def emit(split: str, stream: str, samples: list[dict]) -> None:
                 for sample in samples:
-                    files[(split, stream)].write(_dumps(sample) + "\n")
+                    files[(split, stream)].write(jsonl_line(sample))
                     written[(split, stream)] += 1
                     c = counts[split]
                     c["samples"] += 1
@@ -584,7 +574,9 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
     of traces read must equal the number ingest kept."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = _filled(cfg)
+    # Library callers may pass only what they set: the schema's defaults fill the rest (agenttune.common.config).
+    cfg = {**cfg, "split": section_with_defaults(cfg["split"], "split"),
+           "format": section_with_defaults(cfg["format"], "format")}
     renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
     # The three split files replace earlier ones only when everything below has passed (atomic_write).
     with ExitStack() as outputs, Scratch(out_dir) as scratch:

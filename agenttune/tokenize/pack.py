@@ -113,8 +113,6 @@ class PackedCollator:
 
         if mode not in ("mask", "position_ids"):
             raise ValueError(f"unknown packing mode '{mode}' (expected 'mask' or 'position_ids')")
-        if not isinstance(pad_token_id, int):
-            raise ValueError(f"pad_token_id must be a token id, got {pad_token_id!r} (see train.padding_id)")
         self.pad_token_id = pad_token_id
         self.mode = mode
         self.dtype = dtype or torch.float32
@@ -152,6 +150,17 @@ class PackedCollator:
             pos[i, n:] = torch.arange(width - n)
         mask = block_causal_mask([r[2] for r in rows], width, self.dtype)
         return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
+
+
+def padding_id(tokenizer) -> int:
+    """The token id that fills padding: the pad token, else eos (Llama-2 and others ship no pad token). Which id it
+    is does not matter for training, since padding is masked out of attention and of the loss."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has neither a pad nor an eos token: "
+                     "batches cannot be padded")
 
 
 def make_collator(shard_paths: Sequence[str | Path], pad_token_id: int, attn_implementation: str, dtype=None):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agenttune.common.atomic import atomic_write
+from agenttune.common.atomic import atomic_write, jsonl_line
 from agenttune.common.spill import Scratch, SeenSet
 from agenttune.traces.canonical import TraceError, validate_trace
 from agenttune.traces.formats import get_reader
@@ -64,10 +64,6 @@ class IngestError(RuntimeError):
 
 def reason_kind(reason: str) -> str:
     return next((kind for prefix, kind in REASON_KINDS if reason.startswith(prefix)), OTHER_KIND)
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def check_required_arguments(trace: dict) -> None:
@@ -153,11 +149,11 @@ def _ingest_source(spec: SourceSpec, out, quarantine, seen_ids: SeenSet, seen_co
                 "kind": kind,
                 "reason": exc.reason,
             }
-            quarantine.write(dumps(entry) + "\n")
+            quarantine.write(jsonl_line(entry))
             continue
         seen_ids.add(trace_id)
         seen_content.add(key)
-        out.write(dumps(trace) + "\n")
+        out.write(jsonl_line(trace))
         counts["kept"] += 1
     stats = {"name": spec.name, "path": spec.path, "format": spec.format, **counts}
     stats["quarantined_by_kind"] = dict(sorted(by_kind.items()))

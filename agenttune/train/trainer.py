@@ -31,7 +31,7 @@ from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file, write_manifest
 from agenttune.tokenize.encoder import IGNORE_INDEX
 from agenttune.tokenize.load import load_shards
-from agenttune.tokenize.pack import make_collator
+from agenttune.tokenize.pack import make_collator, padding_id
 
 
 class TokenizedDataset(Dataset):
@@ -45,23 +45,10 @@ class TokenizedDataset(Dataset):
         return self.rows[i]
 
 
-def padding_id(tokenizer) -> int:
-    """The token id that fills padding: the pad token, else eos (Llama-2 and others ship no pad token). Which id it
-    is does not matter for training, since padding is masked out of attention and of the loss."""
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has neither a pad nor an eos token: "
-                     "batches cannot be padded")
-
-
 class PadCollator:
     """Right-pads a batch; padding is masked out of attention and of the loss."""
 
     def __init__(self, pad_token_id: int):
-        if not isinstance(pad_token_id, int):
-            raise ValueError(f"pad_token_id must be a token id, got {pad_token_id!r} (see train.padding_id)")
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch: list[dict]) -> dict:
