@@ -72,7 +72,9 @@ def test_metrics_record_mfu_in_the_cost_modules_convention(chained, shards):
     expected = implied_mfu(shape, sum(rows), m["train_time_s"] / 3600, 1, get_gpu("cpu", peak_flops=1.6e11), rows)
     assert m["tokens"] == sum(rows)
     assert m["mfu"] == pytest.approx(expected, rel=1e-2)
-    assert m["mfu"] > 6 * shape.compute_params * m["tokens"] / m["train_time_s"] / 1.6e11
+    # train_time_s is rounded to 3 decimals; on the tiny model that rounding (up to 0.2% of a 0.26 s epoch) is larger
+    # than attention's share, so bound 6·N·T with the longest time that rounds to it.
+    assert m["mfu"] > 6 * shape.compute_params * m["tokens"] / (m["train_time_s"] + 0.0005) / 1.6e11
     # The cost module takes it as it is (no 6·N·T rescaling).
     mfu, how = read_measured_mfu(path, shape)
     assert mfu == m["mfu"] and how.startswith("measured")
