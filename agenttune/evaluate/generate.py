@@ -60,6 +60,7 @@ class Generation:
     text: str  # decoded new text, cut before the first stop string; special tokens dropped
     tokens: int  # tokens generated (the eos token counts; tokens after a stop string do not exist)
     finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens reached)
+    stop: str | None = None  # the stop string matched (finish_reason "stop"; the first of the earliest), else None
 
 
 # --- batch-invariant attention ----------------------------------------------------------------------------------
@@ -306,9 +307,10 @@ class _Row:
         if token in eos:
             self._finish(tokenizer, "eos", self.new[:-1])
             return True
-        text, stopped = truncate_at_stop(tokenizer.decode(self.new, skip_special_tokens=True), self.stops)
+        raw = tokenizer.decode(self.new, skip_special_tokens=True)
+        text, stopped = truncate_at_stop(raw, self.stops)
         if stopped:
-            self.result = Generation(text, len(self.new), "stop")
+            self.result = Generation(text, len(self.new), "stop", self._stop_at(raw, len(text)))
             return True
         if len(self.new) >= max_new_tokens:
             self._finish(tokenizer, "length", self.new)
@@ -316,8 +318,15 @@ class _Row:
         return False
 
     def _finish(self, tokenizer, reason: str, tokens: list[int]) -> None:
-        text, _ = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), self.stops)
-        self.result = Generation(text, len(self.new), reason)
+        raw = tokenizer.decode(tokens, skip_special_tokens=True)
+        text, stopped = truncate_at_stop(raw, self.stops)
+        self.result = Generation(text, len(self.new), reason,
+                                 self._stop_at(raw, len(text)) if stopped and reason == "stop" else None)
+
+    def _stop_at(self, raw: str, cut: int) -> str | None:
+        """The stop string where truncate_at_stop cut `raw`: the first in `stops` order that starts at `cut`."""
+        return next((s for s in self.stops if raw.startswith(s, cut)), None)
+
 
 
 # --- the exact engine -------------------------------------------------------------------------------------------
@@ -524,3 +533,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stops, b
     for key in ("prefill_tokens", "decode_steps", "decode_tokens"):
         stats.setdefault(key, 0)
     return run(model, tokenizer, prompt_ids, [tuple(s) for s in stops], max_new_tokens, batch_size, progress, stats)
+
+
+def generate_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, stops: list[tuple],
+                 batch_size: int, engine: str | None = None) -> list[Generation]:
+    """`generate` for prompts that are already token ids (for a caller that tokenizes itself, such as the server's
+    /v1/completions with `add_special_tokens`): the same engines, hence the same `Generation` as `generate` gives for
+    a prompt string that tokenizes to these ids. `stops`: one tuple of stop strings per prompt. No log, no stats."""
+    if len(stops) != len(prompt_ids):
+        raise ValueError(f"{len(stops)} stop tuples for {len(prompt_ids)} prompts")
+    engine = engine or getattr(model, "_agenttune_engine", "hf")
+    run = _generate_exact if engine == "exact" else _generate_hf
+    stats = dict.fromkeys(("prefill_s", "decode_s", "prefill_tokens", "decode_steps", "decode_tokens"), 0)
+    return run(model, tokenizer, [list(p) for p in prompt_ids], [tuple(s) for s in stops], max_new_tokens, batch_size,
+               lambda: None, stats)

@@ -1,18 +1,36 @@
-"""A minimal OpenAI-compatible HTTP server for a base model or checkpoint, on loopback, for trying a tuned model and
-for pointing OpenAI-compatible tools (such as candidate generation) at it.
+"""A minimal OpenAI-compatible HTTP server for a base model or checkpoint, on loopback, for trying a tuned model, for
+pointing OpenAI-compatible tools (such as candidate generation) at it, and as the `server` evaluation engine's
+endpoint (agenttune.evaluate.server_engine).
 
     python -m agenttune.evaluate.serve results/demo/checkpoints/epoch-2 --port 8000 [--template react] [--api-key-env VAR]
 
-Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (`GET /health` for scripts). Decoding is greedy with the
-batch-invariant engine of agenttune.evaluate.generate (one request at a time); `temperature`/`top_p` are accepted and ignored,
-`n > 1` and `stream: true` are refused.
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (`GET /health` for scripts).
+Decoding is greedy with agenttune.evaluate.generate (`temperature`/`top_p` are accepted and ignored; `n > 1`,
+`logprobs` and, on /v1/completions, `echo`, `best_of` and `suffix` are refused with 400). One generation runs at a time: concurrent requests (the
+server answers each on its own thread) queue on a lock and are all answered.
 
-Requests with `tools` are rendered in the prompt template the model was tuned on (`--template`, `--tool-format`):
-the OpenAI messages (system, user, assistant `tool_calls`, `role: tool` results) become a canonical trace, the
-template writes the prompt, generation stops at the template's stop strings, and the output is parsed back: a call
-comes back as `tool_calls` (finish_reason "tool_calls"), an answer as `content`, and a malformed call attempt as
-`content` holding the raw text (finish_reason "stop"), so a client can see what the model wrote. Requests without
-tools go through the model's own chat template and return the generated text.
+`/v1/chat/completions`: requests with `tools` are rendered in the prompt template the model was tuned on
+(`--template`, `--tool-format`): the OpenAI messages (system, user, assistant `tool_calls`, `role: tool` results)
+become a canonical trace, the template writes the prompt, generation stops at the template's stop strings, and the
+output is parsed back: a call comes back as `tool_calls` (finish_reason "tool_calls"), an answer as `content`, and a
+malformed call attempt as `content` holding the raw text (finish_reason "stop"), so a client can see what the model
+wrote. Requests without tools go through the model's own chat template and return the generated text.
+
+`/v1/completions`: a prompt string (or a list of one) continued as is: its text is exactly what
+`generate(model, tokenizer, [prompt], max_tokens, [stops], 1)` gives (the server engine's predictions equal the
+local engine's). vLLM's extra parameters: `add_special_tokens` (default true: the tokenizer's special tokens, such as
+a BOS, are added to the prompt; false: the text is tokenized as is, for prompts already chat-formatted) and
+`skip_special_tokens` (only true). `max_tokens` defaults to 16 as in the OpenAI API. Each choice carries vLLM's
+`stop_reason`: the stop string matched (finish_reason "stop"), or null when the model ended with its end-of-sequence
+token (finish_reason "stop" too) or hit `max_tokens` (finish_reason "length"), so a client can tell eos from a stop.
+
+`stream: true` (both endpoints) answers with server-sent events as the OpenAI API does (`text/event-stream`,
+`Transfer-Encoding: chunked`): `data: {chunk}` events (`chat.completion.chunk`: a first delta with the role, then
+content deltas or one `tool_calls` delta per call, then an empty delta with finish_reason; `text_completion`: text
+pieces, then one with finish_reason and stop_reason), a usage chunk (empty `choices`) when
+`stream_options.include_usage`, then `data: [DONE]`. The whole output is generated first (a tool call is known only
+once the template's parser has read it) and then sent in pieces of about one token; the pieces concatenate to the
+non-streamed text.
 
 Only loopback addresses are served unless `--allow-remote` is given: this is a tool for one machine, without TLS.
 With `--api-key-env VAR`, requests must carry `Authorization: Bearer $VAR`; the key is never logged.
@@ -92,8 +110,44 @@ class Backend:
         self.template, self.tool_format = template, tool_format
         self.renderers = make_renderers(self.tokenizer, log=log)
         self.max_tokens_limit = max_tokens_limit
+        # One request at a time, from its checks to its stream's chunks: generation, and the tokenizer too (a fast
+        # tokenizer used from two threads at once can fail with "Already borrowed").
         self.lock = threading.Lock()
         self.log = log
+
+    def respond(self, route: str, body: dict) -> tuple[dict, list[dict] | None]:
+        """The response to a request on `route` ("chat" or "completions") and, for `stream: true`, its chunks."""
+        stream = body.get("stream") or False
+        if not isinstance(stream, bool):
+            raise RequestError(400, "'stream' must be true or false")
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise RequestError(400, "'stream_options' must be an object")
+        with self.lock:
+            if route == "chat":
+                response = self.complete(body)
+                chunks = self.chat_chunks(response, bool(options.get("include_usage"))) if stream else None
+            else:
+                response = self.completion(body)
+                chunks = self.completion_chunks(response, bool(options.get("include_usage"))) if stream else None
+        return response, chunks
+
+    def _generate(self, prompt: str, max_tokens: int, stops: tuple, prompt_ids: list[int] | None = None):
+        """One greedy generation: of `prompt` as `generate` tokenizes it, or of `prompt_ids` when given."""
+        from agenttune.evaluate.generate import generate, generate_ids
+
+        if prompt_ids is None:
+            (g,) = generate(self.model, self.tokenizer, [prompt], max_tokens, [stops], 1, log=lambda _m: None)
+        else:
+            (g,) = generate_ids(self.model, self.tokenizer, [prompt_ids], max_tokens, [stops], 1)
+        return g
+
+    def _max_tokens(self, value, default: int) -> int:
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.max_tokens_limit:
+            raise RequestError(400, f"max_tokens must be an integer in 1..{self.max_tokens_limit} (the server's "
+                                    f"--max-tokens-limit), got {value!r}")
+        return value
 
     def prompt(self, body: dict) -> tuple[str, tuple[str, ...], bool]:
         """(prompt text, stop strings, whether the template's parser reads the output)."""
@@ -120,22 +174,16 @@ class Backend:
         return text, tuple(get_template(self.template).STOP), True
 
     def complete(self, body: dict) -> dict:
-        from agenttune.evaluate.generate import generate
+        """A `chat.completion` for a /v1/chat/completions request (not streamed; `respond` makes the chunks)."""
         from agenttune.render import parse
 
-        if body.get("stream"):
-            raise RequestError(400, "streaming is not supported")
-        if body.get("n", 1) != 1:
-            raise RequestError(400, "only n = 1 is supported")
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= self.max_tokens_limit:
-            raise RequestError(400, f"max_tokens must be an integer in 1..{self.max_tokens_limit}")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
+        _check_n(body)
+        if body.get("logprobs"):
+            raise RequestError(400, "logprobs are not supported")
+        max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), 256)
+        stop = _stops(body)
         prompt, template_stops, parsed_output = self.prompt(body)
-        with self.lock:
-            (g,) = generate(self.model, self.tokenizer, [prompt], max_tokens, [template_stops + tuple(stop)], 1,
-                            log=lambda _m: None)
+        g = self._generate(prompt, max_tokens, template_stops + stop)
         message: dict = {"role": "assistant", "content": g.text}
         finish = "length" if g.finish_reason == "length" else "stop"
         if parsed_output:
@@ -156,6 +204,117 @@ class Backend:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": g.tokens,
                           "total_tokens": prompt_tokens + g.tokens}}
 
+    def completion(self, body: dict) -> dict:
+        """A `text_completion` for a /v1/completions request (not streamed; `respond` makes the chunks)."""
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise RequestError(400, "'prompt' must be a string or a list of one string (token ids and several "
+                                    "prompts per request are not supported)")
+        _check_n(body)
+        if body.get("echo"):
+            raise RequestError(400, "echo is not supported (it must be false)")
+        if body.get("logprobs") is not None:
+            raise RequestError(400, "logprobs are not supported")
+        if body.get("best_of") not in (None, 1):
+            raise RequestError(400, "only best_of = 1 is supported")
+        if body.get("suffix"):
+            raise RequestError(400, "suffix is not supported")
+        if body.get("skip_special_tokens", True) is not True:
+            raise RequestError(400, "only skip_special_tokens = true is supported")
+        add_special = body.get("add_special_tokens", True)
+        if not isinstance(add_special, bool):
+            raise RequestError(400, "'add_special_tokens' must be true or false")
+        max_tokens = self._max_tokens(body.get("max_tokens"), 16)
+        stop = _stops(body)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids_to_run = None
+        if add_special:
+            with_special = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            if with_special != ids:
+                ids = ids_to_run = with_special
+        if not ids:
+            raise RequestError(400, "the prompt is empty (no tokens)")
+        g = self._generate(prompt, max_tokens, stop, ids_to_run)
+        finish = "length" if g.finish_reason == "length" else "stop"
+        stop_reason = g.stop if g.finish_reason == "stop" else None
+        digest = hashlib.sha256(f"{prompt}\x1f{g.text}".encode()).hexdigest()[:24]
+        return {"id": f"cmpl-{digest}", "object": "text_completion", "created": int(time.time()), "model": self.name,
+                "choices": [{"index": 0, "text": g.text, "logprobs": None, "finish_reason": finish,
+                             "stop_reason": stop_reason}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": g.tokens,
+                          "total_tokens": len(ids) + g.tokens}}
+
+    def pieces(self, text: str) -> list[str]:
+        """`text` cut into pieces of about one token each (for streaming), which concatenate to `text` exactly:
+        `text` re-tokenized and decoded prefix by prefix (a piece waits while it ends in half a character);
+        `[text]` when that does not give back `text`, `[]` for an empty text."""
+        if not text:
+            return []
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        out, done = [], ""
+        for k in range(1, len(ids) + 1):
+            now = self.tokenizer.decode(ids[:k])
+            if (now.endswith("\ufffd") and k < len(ids)) or not now.startswith(done) or len(now) == len(done):
+                continue
+            out.append(now[len(done):])
+            done = now
+        return out if done == text else [text]
+
+    def chat_chunks(self, response: dict, include_usage: bool) -> list[dict]:
+        """The `chat.completion.chunk`s of a chat completion, as the OpenAI API streams them."""
+        head = {"id": response["id"], "object": "chat.completion.chunk", "created": response["created"],
+                "model": response["model"], **({"usage": None} if include_usage else {})}
+        choice = response["choices"][0]
+        message = choice["message"]
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        if message.get("tool_calls"):
+            chunks = [chunk({"role": "assistant", "content": None})]
+            chunks += [chunk({"tool_calls": [{"index": k, **call}]}) for k, call in enumerate(message["tool_calls"])]
+        else:
+            chunks = [chunk({"role": "assistant", "content": ""})]
+            chunks += [chunk({"content": piece}) for piece in self.pieces(message["content"] or "")]
+        chunks.append(chunk({}, choice["finish_reason"]))
+        if include_usage:
+            chunks.append({**head, "choices": [], "usage": response["usage"]})
+        return chunks
+
+    def completion_chunks(self, response: dict, include_usage: bool) -> list[dict]:
+        """The `text_completion` chunks of a completion (as the OpenAI API and vLLM stream them)."""
+        head = {"id": response["id"], "object": "text_completion", "created": response["created"],
+                "model": response["model"], **({"usage": None} if include_usage else {})}
+        choice = response["choices"][0]
+
+        def chunk(text: str, finish: str | None = None, stop_reason: str | None = None) -> dict:
+            return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
+                                         "stop_reason": stop_reason}]}
+
+        chunks = [chunk(piece) for piece in self.pieces(choice["text"])]
+        chunks.append(chunk("", choice["finish_reason"], choice["stop_reason"]))
+        if include_usage:
+            chunks.append({**head, "choices": [], "usage": response["usage"]})
+        return chunks
+
+
+def _check_n(body: dict) -> None:
+    if body.get("n", 1) not in (None, 1):
+        raise RequestError(400, "only n = 1 is supported")
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(400, "'stop' must be a non-empty string or a list of non-empty strings")
+    return tuple(stop)
+
+
+ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
 
 def _handler(backend: Backend, api_key: str | None, log):
     class Handler(BaseHTTPRequestHandler):
@@ -172,6 +331,22 @@ def _handler(backend: Backend, api_key: str | None, log):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _send_events(self, chunks: list[dict]) -> None:
+            """Server-sent events, one `data:` line per chunk, then `data: [DONE]`, in HTTP/1.1 chunked encoding
+            (the connection stays usable for the next request)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for data in [json.dumps(c, ensure_ascii=False) for c in chunks] + ["[DONE]"]:
+                    event = f"data: {data}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (after [DONE], say)
+                self.close_connection = True
 
         def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
             self._send(status, {"error": {"message": message, "type": kind}})
@@ -198,7 +373,8 @@ def _handler(backend: Backend, api_key: str | None, log):
         def do_POST(self):
             if not self._authorised():
                 return None
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            route = ROUTES.get(self.path.rstrip("/"))
+            if route is None:
                 return self._error(404, f"no route {self.path}", "not_found_error")
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
@@ -207,7 +383,7 @@ def _handler(backend: Backend, api_key: str | None, log):
                 body = json.loads(self.rfile.read(length).decode("utf-8"))
                 if not isinstance(body, dict):
                     raise RequestError(400, "the request body must be a JSON object")
-                return self._send(200, backend.complete(body))
+                response, chunks = backend.respond(route, body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 return self._error(400, f"the request body is not JSON: {exc}")
             except RequestError as exc:
@@ -215,6 +391,7 @@ def _handler(backend: Backend, api_key: str | None, log):
             except Exception as exc:  # noqa: BLE001 - a server answers, it does not die
                 log(f"error: {type(exc).__name__}: {exc}")
                 return self._error(500, f"{type(exc).__name__}: {exc}", "server_error")
+            return self._send(200, response) if chunks is None else self._send_events(chunks)
 
     return Handler
 
@@ -228,14 +405,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection; a listen backlog for a client's bounded burst of concurrent requests."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+
 def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                 allow_remote: bool = False, log=print) -> ThreadingHTTPServer:
     """A server bound to host:port (port 0: any free port; see `server.server_address`). Call serve_forever()."""
     if not is_loopback(host) and not allow_remote:
         raise ValueError(f"{host} is not a loopback address; pass allow_remote=True (--allow-remote) to serve it")
-    server = ThreadingHTTPServer((host, port), _handler(backend, api_key, log))
-    server.daemon_threads = True
-    return server
+    return _Server((host, port), _handler(backend, api_key, log))
 
 
 def main(argv: list[str] | None = None) -> int:
