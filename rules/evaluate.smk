@@ -43,7 +43,7 @@ rule predict:
     log:
         f"{OUT}/logs/predict/{{model}}.log",
     conda:
-        "../envs/eval.yaml"
+        PREDICT_ENV
     threads: 2
     params:
         # evaluate.batch_size is not a param (the script reads it from the config): with the exact engine (CPU)
@@ -121,6 +121,7 @@ rule general_loss:
     threads: 2
     params:
         precision=EVAL["precision"],
+        attn_implementation=EVAL["attn_implementation"],
     script:
         "../scripts/general_loss.py"
 

@@ -11,8 +11,16 @@ if not set(HUMAN_MODELS) <= set(EVAL_MODELS):
         f"evaluate.human.models: {sorted(set(HUMAN_MODELS) - set(EVAL_MODELS))} not among the evaluated models {EVAL_MODELS}"
     )
 HUMAN_MODELS.sort(key=EVAL_MODELS.index)
-GENERATION = {k: EVAL[k] for k in ("max_new_tokens", "precision", "engine")}
+# What changes the predictions (a changed value re-runs them): not batch_size, nor the server's concurrency and
+# timeouts (see rule predict); the server's command does (another server, another dtype).
+GENERATION = {
+    k: EVAL[k] for k in ("max_new_tokens", "precision", "engine", "attn_implementation")
+} | {"server_command": EVAL["server"]["command"]}
 GENERAL = EVAL["general"]
+# The server engine's jobs run in the vLLM env (vLLM pins its own torch); the project is installed there too.
+PREDICT_ENV = (
+    "../envs/serve-vllm.yaml" if EVAL["engine"] == "server" else "../envs/eval.yaml"
+)
 
 
 def general_items_inputs(wildcards):

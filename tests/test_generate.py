@@ -30,23 +30,6 @@ def chat_prompts(tokenizer, n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lively_model_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny random Llama with large weights: unlike the usual test model (which settles on one token) it writes
-    varied text, so stop strings hit at different steps and small numeric differences would change tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.35,
-                         tie_word_embeddings=True, bos_token_id=smol_tokenizer.bos_token_id,
-                         eos_token_id=smol_tokenizer.eos_token_id, pad_token_id=smol_tokenizer.pad_token_id)
-    torch.manual_seed(3)
-    out = tmp_path_factory.mktemp("models") / "lively"
-    LlamaForCausalLM(config).save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny(lively_model_dir):
     # One thread: a tiny model gains nothing from two, and a busy machine makes two much slower.
     threads = torch.get_num_threads()

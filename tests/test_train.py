@@ -154,9 +154,8 @@ def test_attention_falls_back_to_sdpa_and_says_why(monkeypatch):
     said = []
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
     assert pick_attn_implementation("auto", said.append, half_precision=True) == "sdpa"
-    assert pick_attn_implementation("flash_attention_2", said.append, half_precision=True) == "sdpa"
     assert pick_attn_implementation("eager", said.append, half_precision=True) == "eager"
-    assert said == ["attention: sdpa (flash-attn not installed)"] * 2 + ["attention: eager (from config)"]
+    assert said == ["attention: sdpa (flash-attn not installed)", "attention: eager (from config)"]
     monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))  # installed, but this machine has no GPU
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert pick_attn_implementation("auto", said.append, half_precision=True) == "sdpa"
@@ -171,8 +170,27 @@ def test_flash_attention_only_for_bf16_training(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert pick_attn_implementation("auto", said.append, half_precision=False) == "sdpa"
-    assert said[-1] == "attention: sdpa (flash-attn needs bf16/fp16; this job trains in fp32)"
+    assert said[-1] == "attention: sdpa (flash-attn needs bf16/fp16; this job runs in fp32)"
     assert pick_attn_implementation("auto", said.append, half_precision=True) == "flash_attention_2"
+
+
+def test_explicit_flash_attention_that_cannot_run_is_an_error(monkeypatch):
+    """`auto` falls back quietly (with a log line); an explicit flash_attention_2 must not: the user asked for it."""
+    from agenttune.train.trainer import pick_attn_implementation
+
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    with pytest.raises(ValueError, match=r"train.attn_implementation: flash_attention_2 .* not installed"):
+        pick_attn_implementation("flash_attention_2", print, half_precision=True)
+    monkeypatch.setitem(sys.modules, "flash_attn", type(sys)("flash_attn"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ValueError, match="evaluate.attn_implementation: .* no CUDA device"):
+        pick_attn_implementation("flash_attention_2", print, True, key="evaluate.attn_implementation")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with pytest.raises(ValueError, match="runs in fp32"):
+        pick_attn_implementation("flash_attention_2", print, half_precision=False)
+    said = []
+    assert pick_attn_implementation("flash_attention_2", said.append, half_precision=True) == "flash_attention_2"
+    assert said == ["attention: flash_attention_2 (from config)"]
 
 
 @pytest.mark.parametrize("precision, on_gpu, deepspeed, weights, bf16", [

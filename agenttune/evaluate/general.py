@@ -101,21 +101,24 @@ def _answer_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
 
 
 def general_loss(model_dir: str | Path, items_path: str | Path, precision: str = EVALUATE_DEFAULTS["precision"],
-                 log=print) -> dict:
+                 log=print, attn_implementation: str = EVALUATE_DEFAULTS["attn_implementation"]) -> dict:
     """Mean token loss (nats) and perplexity of the model on the final answers of the general-chat items; the CI is
-    a bootstrap over items of the token-weighted mean."""
+    a bootstrap over items of the token-weighted mean. The model is placed as the `hf` engine places it
+    (agenttune.evaluate.placement: bf16 on GPUs when asked, layers spread over the job's GPUs); the result records
+    dtype, attention implementation and devices."""
     import random
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from agenttune.evaluate.placement import load_placed_model, run_info
 
     items = read_jsonl(items_path)
     if not items:
         return {"items": 0, "tokens": 0, "loss": None, "perplexity": None, "loss_ci": None}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if (precision == "bf16" and device == "cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model = load_placed_model(model_dir, precision, attn_implementation, log)
+    device = model.device  # the first layers' device: accelerate's hooks move activations on from there
     per_item = []
     with torch.no_grad():
         for it in items:
@@ -134,6 +137,8 @@ def general_loss(model_dir: str | Path, items_path: str | Path, precision: str =
     boots.sort()
     loss = total_nll / total_tokens
     log(f"general chat: loss {loss:.4f} (perplexity {math.exp(loss):.2f}) over {total_tokens} answer tokens")
+    info = run_info(model, "hf")
     return {"items": len(per_item), "tokens": total_tokens, "loss": loss, "perplexity": math.exp(loss),
             "loss_ci": [boots[24], boots[974]],
+            "run": {k: v for k, v in info.items() if k != "engine"},
             "per_item": [{"id": i, "nll": n, "tokens": t} for i, n, t in per_item]}

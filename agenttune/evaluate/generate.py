@@ -217,34 +217,46 @@ def make_batch_invariant(model, log=print) -> str | None:
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
-def choose_engine(requested: str, device: str) -> tuple[str, str | None]:
-    """The engine to generate with on `device` and, when it is not the requested one, why (a line to log)."""
-    if requested == "exact" and device != "cpu":
+def choose_engine(requested: str, device: str, exact_on_gpu: bool = False) -> tuple[str, str | None]:
+    """The engine to generate with on `device` and, when it is not the requested one, why (a line to log).
+    `exact_on_gpu` keeps `exact` on a GPU: for the GPU suite, which measures whether batch invariance holds there."""
+    if requested == "exact" and device != "cpu" and not exact_on_gpu:
         return "hf", (f"the exact engine's batch invariance is verified on CPU only (on {device}, reductions such as "
                       "RMSNorm's change their split with the number of rows)")
     return requested, None
 
 
-def load_for_generation(model_dir, precision: str | None = None, engine: str | None = None, log=print):
-    """Model and tokenizer for greedy generation. bf16 only on a GPU (CPU bf16 is ~20x slower, see the notes).
-    `precision` and `engine` default to the schema's `evaluate.precision` and `evaluate.engine`. The engine actually
-    used is `model._agenttune_engine`: `hf` instead of `exact` where batch invariance does not hold (see the module
-    docstring), with the reason logged."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_for_generation(model_dir, precision: str | None = None, engine: str | None = None, log=print,
+                        attn_implementation: str | None = None, exact_on_gpu: bool = False):
+    """Model and tokenizer for greedy generation, placed by agenttune.evaluate.placement (bf16 only on a GPU; the
+    layers spread over all of the job's GPUs). `precision`, `engine` and `attn_implementation` default to the
+    schema's `evaluate.*`. The engine actually used is `model._agenttune_engine`: `hf` instead of `exact` where batch
+    invariance does not hold (see the module docstring), with the reason logged; `model._agenttune_run` records
+    engine, dtype, attention implementation and devices (placement.run_info). The `server` engine loads no model
+    here (agenttune.evaluate.server_engine)."""
+    from transformers import AutoTokenizer
+
+    from agenttune.evaluate.placement import load_placed_model, run_info
 
     defaults = section_with_defaults({}, "evaluate")
     precision, engine = precision or defaults["precision"], engine or defaults["engine"]
+    attn_implementation = attn_implementation or defaults["attn_implementation"]
+    if engine not in ("exact", "hf"):
+        raise ValueError(f"evaluate.engine: {engine!r} does not load a model in this job (exact or hf do)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if (precision == "bf16" and device == "cuda") else torch.float32
-    engine, fallback = choose_engine(engine, device)
+    engine, fallback = choose_engine(engine, device, exact_on_gpu)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    attn = register_rowwise_attention() if engine == "exact" else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).to(device)
-    model.eval()
+    if engine == "exact":
+        if torch.cuda.device_count() > 1:
+            raise ValueError("evaluate.engine: exact runs on one device; this job sees "
+                             f"{torch.cuda.device_count()} GPUs (use hf or server)")
+        # The exact engine brings its own attention (row by row); the setting applies to hf and general-loss.
+        attn_implementation = register_rowwise_attention()
+    model = load_placed_model(model_dir, precision, attn_implementation, log)
     if engine == "exact":
         if _plain_dynamic_cache(model):
             fallback = make_batch_invariant(model, log)
@@ -257,6 +269,7 @@ def load_for_generation(model_dir, precision: str | None = None, engine: str | N
         log(f"{fallback}: generating with transformers' generate() (batched with left padding: outputs equal "
             "one-by-one outputs only up to float rounding)")
     model._agenttune_engine = engine
+    model._agenttune_run = run_info(model, engine)
     return model, tokenizer
 
 
@@ -326,7 +339,6 @@ class _Row:
     def _stop_at(self, raw: str, cut: int) -> str | None:
         """The stop string where truncate_at_stop cut `raw`: the first in `stops` order that starts at `cut`."""
         return next((s for s in self.stops if raw.startswith(s, cut)), None)
-
 
 
 # --- the exact engine -------------------------------------------------------------------------------------------

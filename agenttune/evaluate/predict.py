@@ -26,26 +26,44 @@ def prompts_and_stops(tokenizer, items: list[dict]) -> tuple[list[str], list[tup
 
 
 def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path, cfg: dict, seed: int,
-            log=print) -> dict:
-    """Generate for every item (greedy; each item stops at its own template's stop strings); return stats."""
+            log=print, server_log: str | Path | None = None) -> dict:
+    """Generate for every item (greedy; each item stops at its own template's stop strings) with the configured
+    engine; return stats, with `run`: how the predictions were made (engine, dtype, attention, devices; for the
+    server engine its command). `server_log`: where the server engine's server writes its output (default: beside
+    `out_path`)."""
     import time
 
     import torch
 
-    from agenttune.evaluate.generate import generate, load_for_generation
-
     cfg = section_with_defaults(cfg, "evaluate")
     torch.manual_seed(seed)
     items = read_jsonl(items_path)
-    log(f"{len(items)} items from {items_path}, model {model_dir}")
+    log(f"{len(items)} items from {items_path}, model {model_dir}, engine {cfg['engine']}")
     rows = []
     stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
     if items:
-        model, tokenizer = load_for_generation(model_dir, cfg["precision"], cfg["engine"], log)
-        stats["engine"] = model._agenttune_engine  # the engine used: `exact` falls back to `hf` on a GPU
-        prompts, stops = prompts_and_stops(tokenizer, items)
         start = time.perf_counter()
-        outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)
+        if cfg["engine"] == "server":
+            from transformers import AutoTokenizer
+
+            from agenttune.evaluate.server_engine import generate_with_server
+
+            # The prompt texts are rendered here, with the model's own tokenizer, exactly as for the local engines.
+            prompts, stops = prompts_and_stops(AutoTokenizer.from_pretrained(model_dir), items)
+            start = time.perf_counter()
+            outs, stats["run"] = generate_with_server(
+                model_dir, prompts, stops, cfg["max_new_tokens"], cfg["server"], cfg["precision"], seed,
+                server_log or Path(out_path).with_suffix(".server.log"), log)
+        else:
+            from agenttune.evaluate.generate import generate, load_for_generation
+
+            model, tokenizer = load_for_generation(model_dir, cfg["precision"], cfg["engine"], log,
+                                                   cfg["attn_implementation"])
+            stats["run"] = model._agenttune_run  # `exact` falls back to `hf` on a GPU: the engine used
+            prompts, stops = prompts_and_stops(tokenizer, items)
+            start = time.perf_counter()
+            outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)
+        stats["engine"] = stats["run"]["engine"]
         stats["wall_s"] = round(time.perf_counter() - start, 3)
         for it, g in zip(items, outs):
             rows.append({k: it[k] for k in PREDICTION_KEYS if k in it}

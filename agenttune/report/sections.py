@@ -255,9 +255,11 @@ def general_section(doc: Doc, models: list[str], general: dict, general_info: di
               "token loss on the final answers (the chat template's end-of-turn tokens included) under its own "
               "chat template, with no tool prompt; perplexity = exp(loss). Agent tuning that costs general "
               "ability shows up as a rising loss.")
-        doc.table(["model", "items", "answer tokens", "loss", "95% CI", "perplexity"],
+        doc.table(["model", "items", "answer tokens", "loss", "95% CI", "perplexity", "dtype · attention · devices"],
                   [[m, str(general[m]["items"]), str(general[m]["tokens"]), _fmt(general[m]["loss"], 4),
-                    _ci(general[m]["loss_ci"], 4), _fmt(general[m]["perplexity"], 2)] for m in models if m in general])
+                    _ci(general[m]["loss_ci"], 4), _fmt(general[m]["perplexity"], 2),
+                    _how_run(general[m].get("run"), with_engine=False)]
+                   for m in models if m in general])
     else:
         doc.p("Not measured in this run.")
 
@@ -329,6 +331,17 @@ def examples_section(doc: Doc, models: list[str], scores: dict, predictions: dic
 
 # --- how the run was made ---------------------------------------------------------------------------------------
 
+def _how_run(run: dict | None, with_engine: bool = True) -> str:
+    """engine · dtype · attention · devices of a prediction job, or dtype · attention · devices of a loss job
+    (placement.run_info; the server engine names its command instead of an attention implementation)."""
+    if not run:
+        return "—"
+    attn = run.get("attn_implementation") or (f"`{run['server_command']}`" if run.get("server_command") else "—")
+    where = run.get("gpu") or ", ".join(run.get("devices", [])) or (f"{run['gpus']} GPU(s)" if run.get("gpus") else "—")
+    parts = ([run.get("engine", "—")] if with_engine else []) + [run.get("dtype", "—"), attn, where]
+    return " · ".join(str(x) for x in parts)
+
+
 def provenance_section(doc: Doc, manifests: dict, items_stats: dict) -> None:
     """sha256 of the model folders and item files behind every prediction, and what each benchmark was built from."""
     doc.h(2, "Provenance")
@@ -338,12 +351,14 @@ def provenance_section(doc: Doc, manifests: dict, items_stats: dict) -> None:
             model_in = man.get("inputs", {}).get("model", {})
             items_in = man.get("inputs", {}).get("items", {})
             prov.append([bench, m, f"`{model_in.get('path', '')}`", f"`{model_in.get('sha256', '')[:16]}`",
-                         f"`{items_in.get('sha256', '')[:16]}`", str(man.get("config", {}).get("max_new_tokens", ""))])
+                         f"`{items_in.get('sha256', '')[:16]}`", str(man.get("config", {}).get("max_new_tokens", "")),
+                         _how_run(man.get("outputs", {}).get("run"))])
     if prov:
         doc.p("sha256 (first 16 hex digits) of each model folder and benchmark item file that produced the "
               "predictions, from the prediction manifests; the project version is "
               f"`{next(iter(next(iter(manifests.values())).values())).get('project_version', '?')}`.")
-        doc.table(["benchmark", "model", "model folder", "model sha256", "items sha256", "max new tokens"], prov)
+        doc.table(["benchmark", "model", "model folder", "model sha256", "items sha256", "max new tokens",
+                   "engine · dtype · attention · devices"], prov)
     for bench, st in items_stats.items():
         inputs = st.get("manifest", {}).get("inputs", {})
         if inputs:

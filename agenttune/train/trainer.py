@@ -79,10 +79,12 @@ def freeze_lower_layers(model, trainable_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def pick_attn_implementation(requested: str, log, half_precision: bool) -> str:
-    """flash_attention_2 when the package imports, a CUDA device is there and the attention runs in bf16/fp16
-    (`half_precision`: flash-attn rejects fp32 inputs at the first forward); else sdpa. The choice is logged."""
-    if requested in ("auto", "flash_attention_2"):
+def pick_attn_implementation(requested: str, log, half_precision: bool, key: str = "train.attn_implementation") -> str:
+    """The attention implementation of a job, logged. `auto`: flash_attention_2 when the package imports, a CUDA
+    device is there and the attention runs in bf16/fp16 (`half_precision`: flash-attn rejects fp32 inputs at the
+    first forward), else sdpa. An explicit `flash_attention_2` that cannot run here is an error naming the config
+    `key` (a user who asked for it must not get a slower job silently); other explicit values are used as given."""
+    if requested == "auto":
         try:
             import flash_attn  # noqa: F401
         except ImportError:
@@ -91,11 +93,23 @@ def pick_attn_implementation(requested: str, log, half_precision: bool) -> str:
         if not torch.cuda.is_available():
             log("attention: sdpa (flash-attn installed but no CUDA device)")
         elif not half_precision:
-            log("attention: sdpa (flash-attn needs bf16/fp16; this job trains in fp32)")
+            log("attention: sdpa (flash-attn needs bf16/fp16; this job runs in fp32)")
         else:
             log("attention: flash_attention_2 (flash-attn installed, CUDA present, bf16)")
             return "flash_attention_2"
         return "sdpa"
+    if requested == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{key}: flash_attention_2 was asked for, but flash-attn is not installed in this job's "
+                             "environment (envs/train-gpu.post-deploy.sh installs it); set it to auto or sdpa to "
+                             "run without it") from None
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}: flash_attention_2 was asked for, but this job has no CUDA device")
+        if not half_precision:
+            raise ValueError(f"{key}: flash_attention_2 was asked for, but this job runs in fp32 (flash-attn needs "
+                             "bf16/fp16: set precision: bf16, or attn_implementation: auto)")
     log(f"attention: {requested} (from config)")
     return requested
 

@@ -1,0 +1,223 @@
+"""Evaluate stage, the `server` engine: generation by an OpenAI-compatible server that the job starts on the model.
+
+Takes: a model folder, the exact prompt texts and stop strings the other engines get (predict.prompts_and_stops),
+and `evaluate.server` (the command, timeouts, concurrency). Gives: one `Generation` per prompt, in prompt order,
+like agenttune.evaluate.generate.generate.
+
+The job
+1. starts `evaluate.server.command` (on a GPU cluster `vllm serve {model} --tensor-parallel-size {gpus} ...` from the
+   vLLM env, envs/serve-vllm.yaml; in the tests, the project's own `python -m agenttune.evaluate.serve`) in a new
+   process group, its output going to the job's log folder;
+2. waits until `GET /v1/models` answers (or the process exits, or `ready_timeout_s` passes: an error quoting the
+   end of the server's log);
+3. sends every prompt text to `POST /v1/completions`, greedily (`temperature: 0`), with the template's stop strings,
+   `max_tokens` = evaluate.max_new_tokens and `add_special_tokens: false` (the text is already chat-formatted: a
+   second BOS would change the prompt), `concurrency` requests at a time;
+4. stops the server by its process group (SIGTERM, then SIGKILL after a grace period), also when anything fails.
+
+How a reply maps to a `Generation`: `text` as returned (the server cuts before the stop string, as the local
+engines do); `tokens` = usage.completion_tokens; finish "length" when `finish_reason` is "length", else "stop"
+when `stop_reason` names a stop string and "eos" when it is null (vLLM's convention, which the project's server
+follows). Outputs equal the `exact` engine's when the server decodes greedily in the same dtype (the tests check it
+with the project's server on CPU); a vLLM server batches requests, so like the `hf` engine it is equal to one-by-one
+decoding only up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from agenttune.evaluate.generate import Generation
+
+# What `evaluate.server.command` may name; anything else is a config error.
+PLACEHOLDERS = {"model": "the model folder (absolute path)", "port": "a free loopback port",
+                "host": "127.0.0.1", "gpus": "GPUs this job sees (at least 1)",
+                "dtype": "bfloat16 or float32, from evaluate.precision and the device", "seed": "the run's seed",
+                "python": "this job's Python interpreter"}
+STOP_GRACE_S = 30
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def check_command(command: str) -> list[str]:
+    """The placeholders of `evaluate.server.command`; unknown ones are an error naming the key."""
+    names = [field for _, field, _, _ in string.Formatter().parse(command) if field is not None]
+    unknown = sorted(set(names) - set(PLACEHOLDERS))
+    if unknown:
+        raise ValueError(f"evaluate.server.command: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
+                         f"; known: {', '.join('{' + k + '}' for k in PLACEHOLDERS)}")
+    if "model" not in names or "port" not in names:
+        raise ValueError("evaluate.server.command: must name {model} and {port} (the server serves that folder on "
+                         "that port)")
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # a server env without torch in this interpreter
+        return 0
+
+
+def server_argv(command: str, model_dir, port: int, precision: str, seed: int) -> tuple[list[str], dict]:
+    """The server's argv (placeholders filled per argument after splitting, so a path with spaces stays one
+    argument) and the values used."""
+    check_command(command)
+    gpus = visible_gpus()
+    values = {"model": str(Path(model_dir).resolve()), "port": port, "host": "127.0.0.1", "gpus": max(1, gpus),
+              "dtype": "bfloat16" if (precision == "bf16" and gpus) else "float32", "seed": seed,
+              "python": sys.executable}
+    return [part.format(**values) for part in shlex.split(command)], values
+
+
+def _request(url: str, body: dict | None, timeout: float) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="GET" if body is None else "POST")
+    key = os.environ.get("AGENTTUNE_SERVER_API_KEY")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read().decode())
+
+
+class ServerProcess:
+    """The server as a context manager: started on enter (ready when `/v1/models` answers), stopped on exit."""
+
+    def __init__(self, argv: list[str], port: int, log_path: str | Path, ready_timeout_s: float, log=print):
+        self.argv, self.port, self.log_path = argv, port, Path(log_path)
+        self.ready_timeout_s, self.log = ready_timeout_s, log
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.proc: subprocess.Popen | None = None
+        self.model_name: str | None = None
+
+    def __enter__(self) -> "ServerProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log(f"server: {shlex.join(self.argv)} (log {self.log_path})")
+        out = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        except FileNotFoundError as exc:
+            raise ServerError(f"evaluate.server.command: cannot start {self.argv[0]!r} ({exc}); is the server's "
+                              "env active (envs/serve-vllm.yaml for vllm)?") from None
+        finally:
+            out.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        start = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise ServerError(f"the server exited with code {self.proc.returncode} before answering; the end of "
+                                  f"its log ({self.log_path}):\n{self.log_tail()}")
+            try:
+                models = _request(f"{self.base_url}/models", None, timeout=5)
+                self.model_name = models["data"][0]["id"]
+                self.log(f"server ready after {time.monotonic() - start:.1f} s, model {self.model_name!r}")
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, KeyError, IndexError,
+                    json.JSONDecodeError):
+                pass
+            if time.monotonic() - start > self.ready_timeout_s:
+                raise ServerError(f"the server did not answer within evaluate.server.ready_timeout_s = "
+                                  f"{self.ready_timeout_s} s; the end of its log ({self.log_path}):\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (vLLM starts worker processes), SIGKILL after a grace period."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.log(f"server stopped (exit code {self.proc.returncode})")
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def complete(self, prompt: str, stops: tuple, max_new_tokens: int, timeout: float) -> Generation:
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0,
+                "top_p": 1.0, "n": 1, "stop": list(stops), "add_special_tokens": False,
+                "skip_special_tokens": True}
+        try:
+            reply = _request(f"{self.base_url}/completions", body, timeout)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise ServerError(f"the server answered {exc.code} to a completion request: {detail}") from None
+        choice = reply["choices"][0]
+        if choice.get("finish_reason") == "length":
+            finish = "length"
+        else:
+            finish = "eos" if choice.get("stop_reason") is None else "stop"
+        stop = choice.get("stop_reason") if finish == "stop" else None
+        return Generation(choice["text"], int(reply["usage"]["completion_tokens"]), finish,
+                          stop if isinstance(stop, str) else None)
+
+
+def generate_with_server(model_dir, prompts: list[str], stops: list[tuple], max_new_tokens: int, server_cfg: dict,
+                         precision: str, seed: int, log_path, log=print) -> tuple[list[Generation], dict]:
+    """Start the server on `model_dir`, generate for every prompt, stop the server. Returns the generations in
+    prompt order and how they were made (for predict.json)."""
+    port = free_port()
+    argv, values = server_argv(server_cfg["command"], model_dir, port, precision, seed)
+    results: list[Generation | None] = [None] * len(prompts)
+    step = max(1, len(prompts) // 8)
+    with ServerProcess(argv, port, log_path, server_cfg["ready_timeout_s"], log) as server:
+        with ThreadPoolExecutor(max_workers=server_cfg["concurrency"]) as pool:
+            futures = {pool.submit(server.complete, p, s, max_new_tokens, server_cfg["request_timeout_s"]): i
+                       for i, (p, s) in enumerate(zip(prompts, stops))}
+            done = 0
+            try:
+                for future in futures:  # in submission order: the first failure stops the run
+                    results[futures[future]] = future.result()
+                    done += 1
+                    if done % step == 0 or done == len(prompts):
+                        log(f"generated {done}/{len(prompts)}")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        info = {"engine": "server", "server_command": server_cfg["command"], "served_model": server.model_name,
+                "dtype": "bf16" if values["dtype"] == "bfloat16" else "fp32", "gpus": values["gpus"]}
+    return results, info
