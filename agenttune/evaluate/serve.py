@@ -101,11 +101,12 @@ class Backend:
     """The model and how requests become prompts and outputs become responses. One generation at a time."""
 
     def __init__(self, model_dir, template: str = "react", tool_format: str = "json_schema", name: str | None = None,
-                 max_tokens_limit: int = 1024, log=print):
+                 max_tokens_limit: int = 1024, log=print, precision: str = "bf16"):
         from agenttune.evaluate.generate import load_for_generation
         from agenttune.render.samples import make_renderers
 
-        self.model, self.tokenizer = load_for_generation(model_dir, log=log)
+        # bf16 on a GPU (the paper models' dtype; the job's GPUs share the layers), fp32 on CPU.
+        self.model, self.tokenizer = load_for_generation(model_dir, precision, log=log)
         self.name = name or os.path.basename(os.path.normpath(str(model_dir)))
         self.template, self.tool_format = template, tool_format
         self.renderers = make_renderers(self.tokenizer, log=log)
@@ -429,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool-format", default="json_schema", help="tool-description format (for tools)")
     parser.add_argument("--name", help="model name reported by /v1/models (default: the folder name)")
     parser.add_argument("--max-tokens-limit", type=int, default=1024)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="bf16 takes effect on a GPU only (CPU serves fp32)")
     parser.add_argument("--api-key-env", help="require 'Authorization: Bearer $VAR'")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
     args = parser.parse_args(argv)
@@ -441,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    backend = Backend(args.model_dir, args.template, args.tool_format, args.name, args.max_tokens_limit, log)
+    backend = Backend(args.model_dir, args.template, args.tool_format, args.name, args.max_tokens_limit, log,
+                      args.precision)
     server = make_server(backend, args.host, args.port, api_key, args.allow_remote, log)
     host, port = server.server_address[:2]
     log(f"serving {backend.name} on http://{host}:{port}/v1 (template {args.template}, "

@@ -195,29 +195,38 @@ class ServerProcess:
                           stop if isinstance(stop, str) else None)
 
 
+def generate_all(server: ServerProcess, prompts: list[str], stops: list[tuple], max_new_tokens: int,
+                 concurrency: int, request_timeout_s: float, log=print) -> list[Generation]:
+    """Every prompt through a running server, `concurrency` requests in flight; results in prompt order. The first
+    failed request fails the call (the requests not yet sent are cancelled)."""
+    results: list[Generation | None] = [None] * len(prompts)
+    step = max(1, len(prompts) // 8)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = {pool.submit(server.complete, p, s, max_new_tokens, request_timeout_s): i
+                   for i, (p, s) in enumerate(zip(prompts, stops))}
+        done = 0
+        try:
+            for future in futures:  # in submission order
+                results[futures[future]] = future.result()
+                done += 1
+                if done % step == 0 or done == len(prompts):
+                    log(f"generated {done}/{len(prompts)}")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results
+
+
 def generate_with_server(model_dir, prompts: list[str], stops: list[tuple], max_new_tokens: int, server_cfg: dict,
                          precision: str, seed: int, log_path, log=print) -> tuple[list[Generation], dict]:
     """Start the server on `model_dir`, generate for every prompt, stop the server. Returns the generations in
     prompt order and how they were made (for predict.json)."""
     port = free_port()
     argv, values = server_argv(server_cfg["command"], model_dir, port, precision, seed)
-    results: list[Generation | None] = [None] * len(prompts)
-    step = max(1, len(prompts) // 8)
     with ServerProcess(argv, port, log_path, server_cfg["ready_timeout_s"], log) as server:
-        with ThreadPoolExecutor(max_workers=server_cfg["concurrency"]) as pool:
-            futures = {pool.submit(server.complete, p, s, max_new_tokens, server_cfg["request_timeout_s"]): i
-                       for i, (p, s) in enumerate(zip(prompts, stops))}
-            done = 0
-            try:
-                for future in futures:  # in submission order: the first failure stops the run
-                    results[futures[future]] = future.result()
-                    done += 1
-                    if done % step == 0 or done == len(prompts):
-                        log(f"generated {done}/{len(prompts)}")
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        results = generate_all(server, prompts, stops, max_new_tokens, server_cfg["concurrency"],
+                               server_cfg["request_timeout_s"], log)
         info = {"engine": "server", "server_command": server_cfg["command"], "served_model": server.model_name,
                 "dtype": "bf16" if values["dtype"] == "bfloat16" else "fp32", "gpus": values["gpus"]}
     return results, info
