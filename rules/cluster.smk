@@ -3,6 +3,7 @@
 
 localrules:
     cost_preflight,
+    eval_preflight,
 
 
 rule cost_preflight:
@@ -34,3 +35,42 @@ rule cost_preflight:
         },
     script:
         "../scripts/cost_preflight.py"
+
+
+# The jobs that load a model to evaluate it (predict, predict_benchmark, general_loss), sized before any training or
+# evaluation job is submitted (agenttune.cluster.cost.evaluation): a run that cannot evaluate stops here. Its output
+# gives those jobs their GPUs, memory and runtime (agenttune.cluster.slurm.eval_resources). Training and evaluation
+# take it as ancient(): they wait for it, but re-sizing (say, a new batch size) re-runs neither.
+rule eval_preflight:
+    input:
+        manifest=f"{OUT}/shards/manifest.json",
+        model=MODEL_DIR,
+        test=f"{OUT}/samples/test.jsonl",
+        val=f"{OUT}/samples/val.jsonl",
+        code=library_code("scripts/eval_preflight.py"),
+    output:
+        f"{OUT}/cost/eval_jobs.json",
+    log:
+        f"{OUT}/logs/eval_preflight.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        compute=config["compute"],
+        model_name=config["model"]["name"],
+        # What sizes the jobs, and nothing else (a new λ must not re-size anything).
+        evaluate={
+            k: config["evaluate"].get(k)
+            for k in (
+                "engine",
+                "precision",
+                "batch_size",
+                "max_new_tokens",
+                "max_items",
+                "server",
+                "val",
+                "bfcl",
+                "general",
+            )
+        },
+    script:
+        "../scripts/eval_preflight.py"

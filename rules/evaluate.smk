@@ -5,6 +5,9 @@
 # re-score (an edited generator must regenerate).
 
 
+from agenttune.cluster.slurm import eval_resources
+
+
 include: "evaluate_common.smk"
 
 
@@ -36,6 +39,7 @@ rule predict:
     input:
         model=model_folder,
         benchmark_items=f"{OUT}/eval/items/heldout.jsonl",
+        eval_jobs=ancient(f"{OUT}/cost/eval_jobs.json"),
         code=library_code("scripts/predict.py"),
     output:
         predictions=f"{OUT}/eval/{{model}}/predictions.jsonl",
@@ -45,6 +49,8 @@ rule predict:
     conda:
         PREDICT_ENV
     threads: 2
+    resources:
+        **eval_resources("predict", config),
     params:
         # evaluate.batch_size is not a param (the script reads it from the config): with the exact engine (CPU)
         # outputs do not depend on it (agenttune.evaluate.generate), so changing it must re-run nothing; on a GPU
@@ -59,12 +65,15 @@ use rule predict as predict_benchmark with:
     input:
         model=model_folder,
         benchmark_items=f"{OUT}/eval/items/{{bench}}.jsonl",
+        eval_jobs=ancient(f"{OUT}/cost/eval_jobs.json"),
         code=library_code("scripts/predict.py"),
     output:
         predictions=f"{OUT}/eval/{{model}}/{{bench}}/predictions.jsonl",
         manifest=f"{OUT}/eval/{{model}}/{{bench}}/predict.json",
     log:
         f"{OUT}/logs/predict/{{model}}-{{bench}}.log",
+    resources:
+        **eval_resources("predict_benchmark", config),
 
 
 rule score:
@@ -111,6 +120,7 @@ rule general_loss:
     input:
         model=model_folder,
         general_items=f"{OUT}/eval/general/items.jsonl",
+        eval_jobs=ancient(f"{OUT}/cost/eval_jobs.json"),
         code=library_code("scripts/general_loss.py"),
     output:
         f"{OUT}/eval/{{model}}/general.json",
@@ -119,6 +129,8 @@ rule general_loss:
     conda:
         "../envs/eval.yaml"
     threads: 2
+    resources:
+        **eval_resources("general_loss", config),
     params:
         precision=EVAL["precision"],
         attn_implementation=EVAL["attn_implementation"],

@@ -34,6 +34,8 @@ rule train_epoch:
         shards=shard_files("train"),
         manifest=f"{OUT}/shards/manifest.json",
         preflight=f"{OUT}/cost/preflight.json",
+        # Waits for the evaluation preflight (a run that cannot evaluate never trains); re-sizing retrains nothing.
+        eval_preflight=ancient(f"{OUT}/cost/eval_jobs.json"),
         previous=previous_epoch,
         code=library_code("scripts/train_epoch.py"),
     output:
@@ -44,8 +46,7 @@ rule train_epoch:
         TRAIN_ENV
     threads: 2
     resources:
-        **train_resources(config["train"]),
-        mem_mb=8000,
+        **train_resources(config["train"], compute=config["compute"]),
     params:
         train=config["train"],
         compute=config["compute"],

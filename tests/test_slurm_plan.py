@@ -80,15 +80,14 @@ def test_recorded_test_cluster_is_read_completely():
 # --------------------------------------------------------------------------- the site file
 
 def test_shipped_site_file_parses_and_renders_profile_resources():
+    """The profile carries the site's values for every rule; where a model-loading rule runs and how big it is, the
+    rules declare (train_resources, eval_resources), so the profile's set-resources never override them. One
+    memory setting per job: mem_mb, never mem_mb_per_cpu."""
     s = slurm.load_site(REPO / "config" / "site.yaml")
     default, per_rule = slurm.profile_resources(s)
     assert default == {"slurm_partition": "cpu", "runtime": 120, "mem_mb": 8000}
-    assert per_rule["predict"]["gres"] == "gpu:a100:1" and per_rule["predict"]["constraint"] == "a100_80g"
-    assert per_rule["predict"]["slurm_partition"] == "gpu" and per_rule["predict"]["cpus_per_gpu"] == 8
-    # 120 GB per GPU as memory per CPU: it scales with the GPUs the job gets.
-    assert per_rule["train_epoch"]["mem_mb_per_cpu"] == 15000 and "gres" not in per_rule["train_epoch"]
-    assert per_rule["train_epoch"]["tasks_per_gpu"] == 0
-    assert per_rule["train_epoch"]["runtime"] == 2880
+    assert per_rule == {"prepare_base_model": {"runtime": 240}}
+    assert not set(per_rule) & set(slurm.MODEL_RULES)
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -118,16 +117,22 @@ def train(nodes=1, per_node=1, launcher="torchrun"):
 
 def test_train_resources_one_node_and_several():
     s = site()
-    assert slurm.train_resources(train(1, 4), s) == {"nodes": 1, "gres": "gpu:a100:4"}
+    gpu_job = {"slurm_partition": "gpu", "cpus_per_gpu": 8, "tasks_per_gpu": 0, "runtime": 2880,
+               "constraint": "a100_80g"}
+    # --mem is per node: the site's 120 GB per GPU for each GPU of the node (one memory setting).
+    assert slurm.train_resources(train(1, 4), s) == {"nodes": 1, "gres": "gpu:a100:4", "mem_mb": 480000} | gpu_job
     # Several nodes: one torchrun per node, started by the job's own srun (mpi).
     assert slurm.train_resources(train(4, 8), s) == {
-        "nodes": 4, "tasks": 4, "mpi": "srun", "gres": "gpu:a100:8", "tasks_per_gpu": 0}
+        "nodes": 4, "tasks": 4, "mpi": "srun", "gres": "gpu:a100:8", "mem_mb": 960000} | gpu_job
     # One rank per task.
     assert slurm.train_resources(train(2, 8, "srun"), s)["tasks"] == 16
     assert slurm.train_resources(train(1, 2), replace(s, gpu_type=None))["gres"] == "gpu:2"
-    # A site that trains on CPU nodes (train_epoch not among its gpu_rules) asks for no GPUs.
+    # A site that trains on CPU nodes (train_epoch not among its gpu_rules) asks for no GPUs in a CPU run...
     cpu_site = replace(s, gpu_rules={"predict": 1})
-    assert "gres" not in slurm.train_resources(train(2, 1), cpu_site)
+    cpu_job = slurm.train_resources(train(2, 1), cpu_site, compute={"device": "cpu"})
+    assert "gres" not in cpu_job and cpu_job["mem_mb"] == slurm.TRAIN_CPU_MEM_MB
+    # ... but a GPU-scale run (compute.device a GPU) always trains in the GPU partition.
+    assert slurm.train_resources(train(1, 4), cpu_site, compute={"device": "a100-80g"})["gres"] == "gpu:a100:4"
 
 
 @pytest.mark.parametrize("train_cfg, expected", [

@@ -36,6 +36,8 @@ CHECK_ENV = "AGENTTUNE_SLURM_CHECK"  # "0": skip the checks against the live clu
 DEFAULT_SITE = Path("config/site.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
 TRAIN_RULE = "train_epoch"
+# Rules whose placement and size the rules declare (train_resources, eval_resources), not the profile.
+MODEL_RULES = (TRAIN_RULE, "predict", "predict_benchmark", "general_loss")
 # A gpu_rules value: the rule's GPUs come from the run config (train.nodes × train.nproc_per_node).
 FROM_RUN_CONFIG = "config"
 
@@ -178,7 +180,11 @@ def train_shape(train_cfg: dict, source: str = "config") -> tuple[int, int]:
     return plan.nodes, plan.nproc_per_node
 
 
-def train_resources(train_cfg: dict, site: Site | None = None, source: str = "config") -> dict:
+TRAIN_CPU_MEM_MB = 8000  # a training job outside the GPU partition (CPU runs, tests)
+
+
+def train_resources(train_cfg: dict, site: Site | None = None, source: str = "config",
+                    compute: dict | None = None) -> dict:
     """Resources of the training job for snakemake-executor-plugin-slurm, from the run config's `train` section;
     what rules/train.smk declares for `train_epoch`.
 
@@ -197,15 +203,71 @@ def train_resources(train_cfg: dict, site: Site | None = None, source: str = "co
     except ValueError as e:
         raise SlurmPlanError([f"{source}: {e}"], source) from None
     resources = dict(slurm_resources(plan))
-    if site is not None and TRAIN_RULE in site.gpu_rules:
+    gpu_scale = compute is not None and compute["device"] != "cpu"
+    if site is not None and (TRAIN_RULE in site.gpu_rules or gpu_scale):
         if plan.nproc_per_node > site.gpus_per_node:
             raise SlurmPlanError([f"{source}: train.nproc_per_node {plan.nproc_per_node} asks for "
                                   f"{plan.nproc_per_node} GPUs per node, but {site.source} says a node has "
                                   f"{site.gpus_per_node} (gpu.per_node); use more train.nodes"], source)
-        resources["gres"] = site.gres(plan.nproc_per_node)
-        resources["nodes"] = plan.nodes
-    if "tasks" in resources:
-        resources["tasks_per_gpu"] = 0
+        # --mem is per node: the site's host memory per GPU for each of the node's GPUs (one memory setting).
+        resources |= {"slurm_partition": site.gpu_partition, "gres": site.gres(plan.nproc_per_node),
+                      "nodes": plan.nodes, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
+                      "mem_mb": plan.nproc_per_node * site.mem_mb_per_gpu, "runtime": site.runtime_of(TRAIN_RULE)}
+        if site.constraint:
+            resources["constraint"] = site.constraint
+    else:
+        resources["mem_mb"] = TRAIN_CPU_MEM_MB
+        if "tasks" in resources:
+            resources["tasks_per_gpu"] = 0
+    return resources
+
+
+def _eval_job(eval_jobs_path, rule: str) -> dict:
+    import json
+
+    return json.loads(Path(eval_jobs_path).read_text())["jobs"][rule]
+
+
+def eval_resources(rule: str, run_config: dict, site: Site | None = None, jobs: dict | None = None) -> dict:
+    """Resources of an evaluation job that loads a model (`predict`, `predict_benchmark`, `general_loss`): what
+    rules/evaluate.smk declares. In a GPU-scale run (`compute.device` a GPU) the job goes to the GPU partition with
+    the GPUs, host memory and runtime that the evaluation preflight sized (`cost/eval_jobs.json`, the rule's input
+    `eval_jobs`; read when the job is ready to run, after the preflight): gres `gpu:<type>:<GPUs>`, CPUs per GPU,
+    one memory setting (`mem_mb`, at least the site's memory per GPU × GPUs), runtime the larger of the estimate and
+    the site's `runtime.<rule>`. In a CPU run the job stays where the site puts it (`gpu_rules`, e.g. the test
+    cluster's fake GPUs), with the sized host memory. Without a site file (no Slurm here) only the sizes. `jobs`:
+    the preflight's `jobs` mapping itself, instead of reading it from the rule's input (planning, tests)."""
+    if site is None and site_path().is_file():
+        site = load_site()
+    gpu_scale = run_config["compute"]["device"] != "cpu"
+
+    def sized(input) -> dict:
+        return jobs[rule] if jobs is not None else _eval_job(input.eval_jobs, rule)
+
+    def mem_mb(wildcards, input):
+        job = sized(input)
+        floor = job["gpus"] * site.mem_mb_per_gpu if (site is not None and gpu_scale) else 0
+        return max(job["mem_mb"], floor)
+
+    def runtime(wildcards, input):
+        job = sized(input)
+        return max(job["runtime_min"], site.runtime_of(rule) if site is not None and rule in site.runtime else 0)
+
+    resources = {"mem_mb": mem_mb, "runtime": runtime}
+    if site is None:
+        return resources
+    if gpu_scale:
+        resources |= {"slurm_partition": site.gpu_partition, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
+                      "gres": lambda wildcards, input: site.gres(sized(input)["gpus"])}
+        if site.constraint:
+            resources["constraint"] = site.constraint
+    elif rule in site.gpu_rules and site.gpu_rules[rule] != FROM_RUN_CONFIG:
+        gpus = site.gpu_rules[rule]
+        resources |= {"slurm_partition": site.gpu_partition, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
+                      "gres": site.gres(gpus),
+                      "mem_mb": lambda wildcards, input: max(mem_mb(wildcards, input), gpus * site.mem_mb_per_gpu)}
+        if site.constraint:
+            resources["constraint"] = site.constraint
     return resources
 
 
@@ -216,9 +278,11 @@ def _quoted(value):
 
 
 def profile_resources(site: Site) -> tuple[dict, dict]:
-    """(default-resources, set-resources) of the slurm profile: the site's values for every rule. GPU rules get the
-    GPU partition, the constraint, CPUs and memory per GPU and, when the site fixes their GPU count, the gres; the
-    training rule's GPUs and nodes come from the run config (`train_resources`)."""
+    """(default-resources, set-resources) of the slurm profile: the site's values for every rule (partition,
+    account, QoS, memory and runtime of a CPU job, per-rule runtimes and extra flags). Where a rule runs on GPUs and
+    how big it is, the rules declare themselves (`train_resources`, `eval_resources`): they know the run config and
+    the preflight's sizes, which a profile does not, and a profile's set-resources would override them. One memory
+    setting per job: `mem_mb` (never also `mem_mb_per_cpu`)."""
     default = {"slurm_partition": site.cpu_partition, "runtime": site.runtime_of("default"),
                "mem_mb": site.cpu_mem_mb}
     if site.account:
@@ -226,17 +290,8 @@ def profile_resources(site: Site) -> tuple[dict, dict]:
     if site.qos:
         default["qos"] = site.qos
     per_rule: dict[str, dict] = {}
-    for rule, gpus in site.gpu_rules.items():
-        r = per_rule.setdefault(rule, {})
-        # tasks_per_gpu 0: without it the plugin sends a GPU job's `tasks` as --ntasks-per-gpu.
-        r.update(slurm_partition=site.gpu_partition, cpus_per_gpu=site.cpus_per_gpu,
-                 mem_mb_per_cpu=max(1, site.mem_mb_per_gpu // site.cpus_per_gpu), tasks_per_gpu=0)
-        if site.constraint:
-            r["constraint"] = site.constraint
-        if gpus != FROM_RUN_CONFIG:
-            r["gres"] = site.gres(gpus)
     for rule in site.runtime:
-        if rule != "default":
+        if rule != "default" and rule not in MODEL_RULES:
             per_rule.setdefault(rule, {})["runtime"] = site.runtime_of(rule)
     for rule, extra in site.slurm_extra.items():
         per_rule.setdefault(rule, {})["slurm_extra"] = extra
@@ -255,6 +310,34 @@ class JobRequest:
     mem_mb_per_node: int = 0
     runtime_min: int = 0
     constraint: str | None = None
+
+
+def run_jobs(site: Site, run_config: dict, eval_jobs: dict, threads: int = 2) -> list[JobRequest]:
+    """Every kind of Slurm job one run submits, as declared by its rules: the grouped CPU jobs, the training job
+    (`train_resources`) and the evaluation jobs that load a model (`eval_resources`, sized by the evaluation
+    preflight: `eval_jobs` is the `jobs` mapping of cost/eval_jobs.json)."""
+    jobs = [JobRequest("(cpu rules)", site.cpu_partition, cpus_per_node=threads, mem_mb_per_node=site.cpu_mem_mb,
+                       runtime_min=site.runtime_of("default"))]
+    train = train_resources(run_config["train"], site, compute=run_config["compute"])
+    gpus = _gres_count(train.get("gres"))
+    nodes = train["nodes"] if "nodes" in train else 1  # a one-node job declares no nodes
+    jobs.append(JobRequest(TRAIN_RULE, train.get("slurm_partition", site.cpu_partition), nodes, gpus,
+                           gpus * site.cpus_per_gpu if gpus else threads, train["mem_mb"],
+                           train.get("runtime", site.runtime_of(TRAIN_RULE)), train.get("constraint")))
+    for rule in ("predict", "predict_benchmark", "general_loss"):
+        if rule not in eval_jobs:
+            continue
+        res = eval_resources(rule, run_config, site, jobs=eval_jobs)
+        resolved = {key: value(None, None) if callable(value) else value for key, value in res.items()}
+        gpus = _gres_count(resolved.get("gres"))
+        jobs.append(JobRequest(rule, resolved.get("slurm_partition", site.cpu_partition), 1, gpus,
+                               gpus * site.cpus_per_gpu if gpus else threads, resolved["mem_mb"],
+                               resolved["runtime"], resolved.get("constraint")))
+    return jobs
+
+
+def _gres_count(gres: str | None) -> int:
+    return int(gres.rsplit(":", 1)[1]) if gres else 0
 
 
 def planned_jobs(site: Site, train_cfg: dict | None = None, threads: int = 2) -> list[JobRequest]:

@@ -18,6 +18,7 @@ class GPU:
     peak_flops: float   # dense bf16 tensor-core peak, FLOP/s, no sparsity
     memory_bytes: int   # what nvidia-smi reports as total
     per_node: int = 8
+    memory_bandwidth: float = 2.0e12  # bytes/s, the datasheet's HBM figure (decode reads every weight each step)
 
     @property
     def memory_gib(self) -> float:
@@ -25,12 +26,12 @@ class GPU:
 
 
 GPUS: dict[str, GPU] = {
-    "a100-80g": GPU("A100-80G", 312e12, 81920 * MiB),
-    "a100-40g": GPU("A100-40G", 312e12, 40960 * MiB),
-    "h100-80g": GPU("H100-80G SXM", 989e12, 81559 * MiB),
-    "h200": GPU("H200 SXM", 989e12, 143771 * MiB),
+    "a100-80g": GPU("A100-80G", 312e12, 81920 * MiB, memory_bandwidth=2.039e12),
+    "a100-40g": GPU("A100-40G", 312e12, 40960 * MiB, memory_bandwidth=1.555e12),
+    "h100-80g": GPU("H100-80G SXM", 989e12, 81559 * MiB, memory_bandwidth=3.35e12),
+    "h200": GPU("H200 SXM", 989e12, 143771 * MiB, memory_bandwidth=4.8e12),
     # Placeholder for CPU smoke runs: set the peak and memory to the machine's (get_gpu overrides).
-    "cpu": GPU("CPU", 1e12, 64 * GiB, per_node=1),
+    "cpu": GPU("CPU", 1e12, 64 * GiB, per_node=1, memory_bandwidth=50e9),
 }
 
 
