@@ -1,9 +1,13 @@
 # agenttune: raw tool-use traces -> samples -> token shards -> per-epoch checkpoints -> evaluation report.
+import os
+
 from snakemake.utils import min_version, validate
 
 from agenttune.common.config import with_defaults
 
 min_version("9.0")
+# The conda envs' post-deploy scripts install the project from here (envs/*.post-deploy.sh), also with --directory.
+os.environ.setdefault("AGENTTUNE_SRC", workflow.basedir)
 
 
 configfile: "config/config.yaml"
