@@ -14,6 +14,8 @@ measures and renames. `python -m agenttune.train.worker SPEC.json` is the rank e
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import os
@@ -245,6 +247,19 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     return entry
 
 
+@functools.cache
+def _checkpointing_argument() -> str:
+    """TrainingArguments' name for activation (gradient) checkpointing: `activation_checkpointing` in the pinned
+    transformers (5.23, where `gradient_checkpointing` is a deprecated alias), `gradient_checkpointing` in older
+    releases such as the 5.17 of the GPU machine the GPU suite runs on."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_arguments(cfg: dict, work_dir: str | Path, seed: int, on_gpu: bool, world_size: int, bf16: bool,
                        ds_config: dict | None):
     """The Trainer's arguments for a job of the train stage."""
@@ -276,7 +291,7 @@ def training_arguments(cfg: dict, work_dir: str | Path, seed: int, on_gpu: bool,
         ddp_backend="gloo" if (not on_gpu and world_size > 1) else None,
         # bf16 autocast over fp32 weights without DeepSpeed; ZeRO's own bf16 with it (training_precision).
         bf16=bf16,
-        activation_checkpointing=bool(cfg["gradient_checkpointing"]),
+        **{_checkpointing_argument(): bool(cfg["gradient_checkpointing"])},
         deepspeed=ds_config,
         # Job logs are files: the Progress callback writes one line per step instead of a redrawn bar.
         disable_tqdm=True,
