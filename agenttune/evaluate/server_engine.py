@@ -14,6 +14,8 @@ The job
    `max_tokens` = evaluate.max_new_tokens and `add_special_tokens: false` (the text is already chat-formatted: a
    second BOS would change the prompt), `concurrency` requests at a time;
 4. stops the server by its process group (SIGTERM, then SIGKILL after a grace period), also when anything fails.
+The server listens on loopback only; a server started with an API key gets it from $AGENTTUNE_SERVER_API_KEY
+(sent as `Authorization: Bearer`; never written to a log).
 
 How a reply maps to a `Generation`: `text` as returned (the server cuts before the stop string, as the local
 engines do); `tokens` = usage.completion_tokens; finish "length" when `finish_reason` is "length", else "stop"
