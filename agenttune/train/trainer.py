@@ -8,7 +8,9 @@ needed to resume (optimizer, scheduler, RNG, trainer_state.json; under DeepSpeed
 
 The LR schedule always spans `train.epochs` epochs, so epoch e of a chained run equals epoch e of an uninterrupted
 run. The epoch is written to `<out>.partial` first and renamed when complete: a killed job leaves nothing that
-looks finished. With several ranks (agenttune.train.launch starts them) every rank runs this code; rank 0 alone cleans,
+looks finished. Inside the epoch, step checkpoints (`train.step_checkpoints`, agenttune.train.step_checkpoints) go to
+`<out>.steps/step-<k>/`; a job started again resumes from the newest one and ends bit-identical to an uninterrupted
+run. With several ranks (agenttune.train.launch starts them) every rank runs this code; rank 0 alone cleans,
 measures and renames. `python -m agenttune.train.worker SPEC.json` is the rank entry point.
 """
 
@@ -34,6 +36,7 @@ from agenttune.common.manifest import sha256_file, write_manifest
 from agenttune.tokenize.encoder import IGNORE_INDEX
 from agenttune.tokenize.load import load_shards
 from agenttune.tokenize.pack import make_collator, padding_id
+from agenttune.train import step_checkpoints as steps
 
 
 class TokenizedDataset(Dataset):
@@ -64,6 +67,26 @@ class PadCollator:
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class CountingCollator:
+    """Wraps the job's collator and counts what this rank collates since the last `reset()` (each epoch's start):
+    the real tokens and the sample lengths. A job resumed from a step checkpoint times only the rest of its epoch
+    (the Trainer skips the trained batches by index, without collating them), and its tokens/s and MFU count these."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens = 0
+        self.sample_lengths: list[int] = []
+
+    def __call__(self, batch: list[dict]) -> dict:
+        for r in batch:
+            self.tokens += len(r["input_ids"])
+            self.sample_lengths.extend(r.get("seq_lens") or [len(r["input_ids"])])
+        return self.inner(batch)
 
 
 def freeze_lower_layers(model, trainable_layers: int) -> int:
@@ -137,7 +160,7 @@ def refuse_data_parallel(world_size: int, distributed: bool, visible_gpus: int) 
             f"train.launcher: torchrun with train.nproc_per_node: {visible_gpus}")
 
 
-def _epoch_callbacks(epoch: int, log):
+def _epoch_callbacks(epoch: int, log, counter: CountingCollator | None = None):
     from transformers import TrainerCallback
 
     class StopAfterEpoch(TrainerCallback):
@@ -157,6 +180,8 @@ def _epoch_callbacks(epoch: int, log):
 
         def on_epoch_begin(self, args, state, control, **kwargs):
             self.begin = time.perf_counter()
+            if counter is not None:
+                counter.reset()
 
         def on_epoch_end(self, args, state, control, **kwargs):
             self.end = time.perf_counter()
@@ -192,6 +217,23 @@ def _max_over_ranks(value: int, on_gpu: bool) -> int:
         return value
     t = torch.tensor([value], dtype=torch.int64, device="cuda" if on_gpu else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _gather_lengths(lengths: list[int]) -> list[int]:
+    """Every rank's list, concatenated (this rank's alone without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(lengths)
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, list(lengths))
+    return [n for part in gathered for n in part]
+
+
+def _sum_over_ranks(value: int, on_gpu: bool) -> int:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device="cuda" if on_gpu else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return int(t.item())
 
 
@@ -339,8 +381,10 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     use_deepspeed = bool(cfg.get("deepspeed"))
     if resume_from is not None:
         ds.check_resumable(resume_from, use_deepspeed, world_size)
-    if is_main:
-        shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a killed job are never trusted
+    if is_main and work_dir.exists():
+        # Leftovers of a killed job are never trusted, among them a step checkpoint that was still being written.
+        log(f"removing {work_dir}, left by a job that did not finish")
+        shutil.rmtree(work_dir, ignore_errors=True)
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model_config = AutoConfig.from_pretrained(base_model_dir)
@@ -358,6 +402,19 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
             f"{zero['stage3_prefetch_bucket_size']:,} elements, offload optimizer "
             f"{'offload_optimizer' in zero}, params {'offload_param' in zero}, bf16 {ds_config['bf16']['enabled']}")
 
+    # Step checkpoints: the newest complete one of this job's epoch is where training resumes (its fingerprint
+    # must match this job's), else the previous epoch (or the base model).
+    steps_root = steps.steps_dir(out_dir)
+    fingerprint, trainer_resume, resumed_step = None, resume_from, None
+    if steps.enabled(cfg) or steps_root.exists():
+        fingerprint = steps.fingerprint(cfg, seed, epoch, world_size, shard_paths, base_model_dir, resume_from,
+                                        "cuda" if on_gpu else "cpu", attn, "bf16" if bf16 else "fp32")
+        chosen = steps.choose_resume(steps_root, fingerprint, is_main, log)
+        if chosen is not None:
+            resumed_step, trainer_resume = chosen
+            ds.check_resumable(trainer_resume, use_deepspeed, world_size)
+            log(f"resuming from step checkpoint {trainer_resume} (global step {resumed_step})")
+
     rows = load_shards(shard_paths)
     rows.sort(key=lambda r: r["id"])  # shard order must not change the data order
     dataset = TokenizedDataset(rows)
@@ -371,6 +428,12 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     # into partitions (deepspeed.zero.Init), so no rank ever holds the whole model (72B in bf16 is 145 GB).
     args = training_arguments(cfg, work_dir, seed, on_gpu, world_size, bf16, ds_config)
     _ = args.device  # sets up torch.distributed (gloo on CPU) before zero.Init would pick a backend of its own
+    if fingerprint is not None:
+        mine = -1 if resumed_step is None else resumed_step
+        lowest, highest = -_max_over_ranks(-mine, on_gpu), _max_over_ranks(mine, on_gpu)
+        if lowest != highest:  # e.g. a shared filesystem that showed a new step folder to some nodes only
+            raise RuntimeError(f"the ranks chose different step checkpoints in {steps_root} (global steps {lowest} "
+                               f"to {highest}; -1 = none): refusing to train from inconsistent states")
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
     # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size.
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -381,24 +444,31 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
     log(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({cfg['tuning']} tuning), weights "
         f"{dtype}" + (", bf16 autocast" if bf16 and dtype == torch.float32 else ""))
-    callbacks, clock = _epoch_callbacks(epoch, log)
+    # Packed shards (tokenize.packing) need their own collator: per-sample positions, block-diagonal mask.
+    collator = CountingCollator(training_collator(shard_paths, padding_id(tokenizer), attn, dtype))
+    callbacks, clock = _epoch_callbacks(epoch, log, collator)
+    step_saver = steps.make_callback(cfg, steps_root, fingerprint if steps.enabled(cfg) else None, rank, log,
+                                     resumed=resumed_step is not None)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        # Packed shards (tokenize.packing) need their own collator: per-sample positions, block-diagonal mask.
-        data_collator=training_collator(shard_paths, padding_id(tokenizer), attn, dtype),
+        data_collator=collator,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, step_saver],
     )
     trainer.remove_callback(PrinterCallback)  # it would print every log dict again next to Progress
     _barrier()  # rank 0 has cleaned work_dir before any rank can write into it
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(trainer_resume) if trainer_resume else None)
     wall = time.perf_counter() - start
     peak_mem = _max_over_ranks(_peak_memory_bytes(on_gpu), on_gpu)
+    if resumed_step is not None:
+        # Only the steps after the step checkpoint were timed: count the tokens and samples they collated.
+        timed_tokens = _sum_over_ranks(collator.tokens, on_gpu)
+        timed_lengths = _gather_lengths(collator.sample_lengths)
     _barrier()  # every rank has written its ZeRO shards
     if not is_main:
         return {}
@@ -414,7 +484,11 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
             ds.export_zero_checkpoint(ckpt)
     state = trainer.state
     epoch_logs = [r for r in state.log_history if "loss" in r and epoch - 1 < r.get("epoch", 0) <= epoch + 1e-9]
-    seconds = clock.seconds or wall
+    # Saving step checkpoints is not training: like the epoch's own save, it is left out of the epoch's time.
+    seconds = (clock.seconds - step_saver.save_seconds) if clock.seconds else wall
+    rate_tokens, rate_lengths = epoch_tokens, sample_lengths
+    if resumed_step is not None:
+        rate_tokens, rate_lengths = timed_tokens, timed_lengths
     metrics = {
         "epoch": epoch,
         "global_step": state.global_step,
@@ -425,9 +499,15 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "samples": len(sample_lengths),
         "rows": len(rows),
         "samples_per_row": round(len(sample_lengths) / max(1, len(rows)), 3),  # > 1 when the shards are packed
-        "train_time_s": round(seconds, 3),  # the epoch's steps only
+        "train_time_s": round(seconds, 3),  # the epoch's steps only (after the step checkpoint resumed from)
         "wall_time_s": round(wall, 3),  # trainer.train(): also resume, ZeRO set-up and checkpoint saving
-        "tokens_per_s": round(epoch_tokens / seconds, 3),
+        "tokens_per_s": round(rate_tokens / seconds, 3),
+        # Where this job resumed inside the epoch (None: at its start), the tokens its timed steps processed, and
+        # the step checkpoints it wrote (their saving time is not in train_time_s).
+        "resumed_from_step": resumed_step,
+        "timed_tokens": rate_tokens,
+        "step_checkpoints_written": step_saver.saved,
+        "step_checkpoint_save_s": round(step_saver.save_seconds, 3),
         "peak_memory_bytes": peak_mem,  # the largest over the ranks
         "parameters": n_params,
         "trainable_parameters": n_trainable,
@@ -437,7 +517,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "precision": "bf16" if bf16 else "fp32",
         "attn_implementation": attn,
         "gradient_checkpointing": grad_ckpt,
-        **measured_mfu(model.config.to_dict(), epoch_tokens, sample_lengths, seconds, world_size, compute, on_gpu,
+        **measured_mfu(model.config.to_dict(), rate_tokens, rate_lengths, seconds, world_size, compute, on_gpu,
                        grad_ckpt, log,
                        trainable_layers(cfg)),
     }
@@ -446,6 +526,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(ckpt, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
+    steps.remove_all(steps_root, log)  # the epoch folder is complete: it alone is what the next epoch reads
     log(f"epoch {epoch}: step {state.global_step}, mean loss {metrics['mean_loss']:.4f}, "
         f"{metrics['tokens_per_s']:.1f} tokens/s, MFU {metrics['mfu']}, wrote {out_dir}")
     return metrics
