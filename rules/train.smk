@@ -28,6 +28,9 @@ TRAIN_ENV = (
 
 
 # Each epoch is its own job; it resumes model, optimizer, scheduler, RNG and data order from the previous epoch.
+# A failed try (killed, preempted, past the time limit) is retried and resumes from the newest step checkpoint
+# in epoch-<e>.steps/, beside the output (docs/training.md). How often an epoch saves is read from the config by
+# the script, not a param: changing it must not re-run finished epochs.
 rule train_epoch:
     input:
         model=MODEL_DIR,
@@ -42,13 +45,18 @@ rule train_epoch:
         directory(f"{OUT}/checkpoints/epoch-{{epoch}}"),
     log:
         f"{OUT}/logs/train_epoch/epoch-{{epoch}}.log",
+    retries: config["train"]["retries"]
     conda:
         TRAIN_ENV
     threads: 2
     resources:
         **train_resources(config["train"], compute=config["compute"]),
     params:
-        train=config["train"],
+        train={
+            k: v
+            for k, v in config["train"].items()
+            if k not in ("step_checkpoints", "retries")
+        },
         compute=config["compute"],
         seed=config["seed"],
     script:
