@@ -13,6 +13,8 @@ rule format_samples:
         manifest=f"{OUT}/samples/manifest.json",
     log:
         f"{OUT}/logs/format_samples.log",
+    group:
+        "data"
     conda:
         "../envs/data.yaml"
     params:

@@ -25,6 +25,8 @@ rule eval_items:
         stats=f"{OUT}/eval/items/{{benchmark}}.json",
     log:
         f"{OUT}/logs/eval_items/{{benchmark}}.log",
+    group:
+        "data"
     conda:
         "../envs/eval.yaml"
     params:
@@ -88,6 +90,8 @@ rule score:
         f"{OUT}/eval/{{model}}/scores.json",
     log:
         f"{OUT}/logs/score/{{model}}.log",
+    group:
+        "report"
     conda:
         "../envs/eval.yaml"
     params:
@@ -107,6 +111,8 @@ rule general_items:
         stats=f"{OUT}/eval/general/items.json",
     log:
         f"{OUT}/logs/general_items.log",
+    group:
+        "data"
     conda:
         "../envs/eval.yaml"
     params:
@@ -151,6 +157,8 @@ rule human_sheet:
         stats=f"{OUT}/human/sheet.json",
     log:
         f"{OUT}/logs/human_sheet.log",
+    group:
+        "report"
     conda:
         "../envs/eval.yaml"
     params:
@@ -170,6 +178,8 @@ rule human_scores:
         f"{OUT}/human/summary.json",
     log:
         f"{OUT}/logs/human_scores.log",
+    group:
+        "report"
     conda:
         "../envs/eval.yaml"
     params:

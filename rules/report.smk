@@ -26,6 +26,8 @@ rule report:
         ),
     log:
         f"{OUT}/logs/report.log",
+    group:
+        "report"
     conda:
         "../envs/eval.yaml"
     params:

@@ -35,6 +35,8 @@ rule tokenize_shard:
         stats=f"{OUT}/shards/{{split}}-{{shard}}.stats.json",
     log:
         f"{OUT}/logs/tokenize_shard/{{split}}-{{shard}}.log",
+    group:
+        "tokenize"
     conda:
         "../envs/data.yaml"
     threads: 2
@@ -54,6 +56,8 @@ rule shards_manifest:
         f"{OUT}/shards/manifest.json",
     log:
         f"{OUT}/logs/shards_manifest.log",
+    group:
+        "tokenize"
     conda:
         "../envs/data.yaml"
     params:

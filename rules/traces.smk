@@ -8,6 +8,8 @@ rule demo_traces:
         f"{OUT}/traces/demo.jsonl",
     log:
         f"{OUT}/logs/demo_traces.log",
+    group:
+        "data"
     conda:
         "../envs/data.yaml"
     params:
@@ -28,6 +30,8 @@ rule ingest:
         manifest=f"{OUT}/traces/manifest.json",
     log:
         f"{OUT}/logs/ingest.log",
+    group:
+        "data"
     conda:
         "../envs/data.yaml"
     params:
