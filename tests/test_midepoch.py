@@ -322,6 +322,10 @@ def test_midepoch_preflight_names_an_interval_longer_than_the_time_limit():
     assert steps.step_checkpoint_problems(CFG, 24 * 60, estimated_epoch_minutes=40 * 60) == []
     problems = steps.step_checkpoint_problems(dict(CFG, retries=0), 24 * 60, estimated_epoch_minutes=40 * 60)
     assert len(problems) == 1 and "train.retries (0) allows 1" in problems[0]
+    # An epoch estimated to end well within the limit needs no step checkpoint to make progress (the test cluster's
+    # 60-minute jobs of a two-minute tiny epoch): nothing to refuse, whatever the interval.
+    assert steps.step_checkpoint_problems(CFG, 60, estimated_epoch_minutes=2) == []
+    assert steps.step_checkpoint_problems(CFG, 60, estimated_epoch_minutes=45) != []
 
 
 # --------------------------------------------------------------------------- the train rule's retries

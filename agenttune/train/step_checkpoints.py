@@ -438,8 +438,11 @@ def step_checkpoint_problems(train_cfg: dict, time_limit_minutes: float | None,
     - step checkpoints off while `estimated_epoch_minutes` exceeds the limit: no job can finish an epoch.
     - `estimated_epoch_minutes` needing more jobs than `train.retries` + 1 allows, counting that a job stopped at
       the limit loses up to one interval of work.
-    `time_limit_minutes` None (no limit) gives no problems."""
+    `time_limit_minutes` None (no limit) gives no problems, and so does an epoch estimated to end well within the
+    limit (under half of it: a job that finishes needs no step checkpoint to make progress)."""
     if time_limit_minutes is None:
+        return []
+    if estimated_epoch_minutes is not None and estimated_epoch_minutes < time_limit_minutes / 2:
         return []
     train_cfg = section_with_defaults(train_cfg, "train")
     sc = train_cfg["step_checkpoints"]
