@@ -210,11 +210,9 @@ def train_resources(train_cfg: dict, site: Site | None = None, source: str = "co
                                   f"{plan.nproc_per_node} GPUs per node, but {site.source} says a node has "
                                   f"{site.gpus_per_node} (gpu.per_node); use more train.nodes"], source)
         # --mem is per node: the site's host memory per GPU for each of the node's GPUs (one memory setting).
-        resources |= {"slurm_partition": site.gpu_partition, "gres": site.gres(plan.nproc_per_node),
-                      "nodes": plan.nodes, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
-                      "mem_mb": plan.nproc_per_node * site.mem_mb_per_gpu, "runtime": site.runtime_of(TRAIN_RULE)}
-        if site.constraint:
-            resources["constraint"] = site.constraint
+        resources |= _gpu_partition(site) | {"gres": site.gres(plan.nproc_per_node), "nodes": plan.nodes,
+                                             "mem_mb": plan.nproc_per_node * site.mem_mb_per_gpu,
+                                             "runtime": site.runtime_of(TRAIN_RULE)}
     else:
         resources["mem_mb"] = TRAIN_CPU_MEM_MB
         if "tasks" in resources:
@@ -257,17 +255,21 @@ def eval_resources(rule: str, run_config: dict, site: Site | None = None, jobs: 
     if site is None:
         return resources
     if gpu_scale:
-        resources |= {"slurm_partition": site.gpu_partition, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
-                      "gres": lambda wildcards, input: site.gres(sized(input)["gpus"])}
-        if site.constraint:
-            resources["constraint"] = site.constraint
+        resources |= _gpu_partition(site) | {"gres": lambda wildcards, input: site.gres(sized(input)["gpus"])}
     elif rule in site.gpu_rules and site.gpu_rules[rule] != FROM_RUN_CONFIG:
         gpus = site.gpu_rules[rule]
-        resources |= {"slurm_partition": site.gpu_partition, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0,
-                      "gres": site.gres(gpus),
-                      "mem_mb": lambda wildcards, input: max(mem_mb(wildcards, input), gpus * site.mem_mb_per_gpu)}
-        if site.constraint:
-            resources["constraint"] = site.constraint
+        resources |= _gpu_partition(site) | {
+            "gres": site.gres(gpus),
+            "mem_mb": lambda wildcards, input: max(mem_mb(wildcards, input), gpus * site.mem_mb_per_gpu)}
+    return resources
+
+
+def _gpu_partition(site: Site) -> dict:
+    """What every job in the GPU partition asks for besides its GPUs, memory and runtime. `tasks_per_gpu: 0`: without
+    it the plugin sends a GPU job's `tasks` as --ntasks-per-gpu."""
+    resources = {"slurm_partition": site.gpu_partition, "cpus_per_gpu": site.cpus_per_gpu, "tasks_per_gpu": 0}
+    if site.constraint:
+        resources["constraint"] = site.constraint
     return resources
 
 

@@ -42,7 +42,6 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
     rows = []
     stats = {"items": len(items), "generated_tokens": 0, "wall_s": 0.0, "finish": {}}
     if items:
-        start = time.perf_counter()
         if cfg["engine"] == "server":
             from transformers import AutoTokenizer
 
