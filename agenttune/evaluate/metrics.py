@@ -251,7 +251,8 @@ def bfcl_match(call: Call, ground_truth: dict, function_schema: dict | list) -> 
     parameter present; no parameter outside the schema or the ground truth; every value of the
     schema's type (an int is accepted for a float; bool is not an int) or of the ground truth's
     type (BFCL's "variable" case), and equal to one allowed value (strings standardised, lists
-    element-wise, dicts key by key); a ground-truth argument without "" among its allowed values
+    element-wise, dicts key by key; a variable, whose ground-truth type differs from the schema's, exactly as
+    written); a ground-truth argument without "" among its allowed values
     must be given. Returns (True, "") or (False, a short reason).
 
     The expected function name is the schema's, as in BFCL (the model only sees the schema;
@@ -277,11 +278,17 @@ def bfcl_match(call: Call, ground_truth: dict, function_schema: dict | list) -> 
         if schema_type in ("float", "number") and type(value) is int:
             value = float(value)
         expected_type = _PY_TYPES.get(schema_type)
+        gt_type = next((type(a) for a in allowed if a != ""), None)
         if expected_type is not None:
             gt_types = {type(a) for a in allowed if a != ""}
             if type(value) is not expected_type and type(value) not in gt_types:
                 return False, f"wrong type for argument {name!r}: expected {schema_type}, got {type(value).__name__}"
-        if not _one_of(value, allowed):
+        if expected_type is not None and gt_type not in (None, expected_type):
+            # BFCL's "variable" case (the ground truth names a variable, e.g. "data['sales']" for an array):
+            # compared as written, without string normalisation, since a variable's name is case-sensitive.
+            if value not in [a for a in allowed if a != ""]:
+                return False, f"wrong value for argument {name!r}: {value!r} not in {allowed!r}"
+        elif not _one_of(value, allowed):
             return False, f"wrong value for argument {name!r}: {value!r} not in {allowed!r}"
     for name, allowed in gt_args.items():
         if name not in call.arguments and "" not in allowed:
