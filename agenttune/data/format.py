@@ -21,8 +21,9 @@ does not grow with the input):
      samples to take (exact rational targets; agenttune.data.mix);
   3. render and write: each trace in `renders_per_trace` templates drawn by weight from its id, each with a tool
      format drawn independently; per-step samples if asked; general chat interleaved proportionally into
-     train/val (never test: evaluation would make no-tool items of it); the training text streamed past the
-     held-out n-grams.
+     train/val (never test: evaluation would make no-tool items of it); train/val traces augmented as configured
+     (`format.augment`: name masking, tool-list shuffling, irrelevance copies planned in pass 2;
+     agenttune.data.augment); the training text, as augmented, streamed past the held-out n-grams.
 Every choice is a hash of (seed, purpose, id): the same input and config give byte-identical files.
 """
 
@@ -42,6 +43,7 @@ from agenttune.common.atomic import atomic_write, jsonl_line
 from agenttune.common.config import section_with_defaults
 from agenttune.common.spill import Batched, CodeFile, Scratch, signed64
 from agenttune.data import mix
+from agenttune.data.augment import check_config, irrelevant_copy, irrelevant_tools, mask_names, shuffle_tools
 from agenttune.data.decontam import NgramOverlap, exact_key, normal_key, query_key_text, query_text
 from agenttune.data.negatives import ToolListIndex, mined_trace
 from agenttune.render import TEMPLATES, get_template, passthrough
@@ -147,6 +149,12 @@ class _Stage:
         self.max_tool_lists = neg["max_tool_lists"]
         self.distractor_share, self.distractor_max = fmt["distractors"]["share"], fmt["distractors"]["max"]
         self.eta = fmt["mix"]["eta"]
+        # format.augment has no default: absent, nothing is augmented and nothing about it is written.
+        self.augment = fmt.get("augment")
+        check_config(self.augment)
+        self.mask_p = self.augment["name_masking"]["p"] if self.augment else 0.0
+        self.shuffle = bool(self.augment and self.augment["shuffle_tools"])
+        self.irrelevance_share = self.augment["irrelevance"]["share"] if self.augment else 0.0
         for role in roles.values():
             if role not in ROLES:
                 raise FormatError(f"unknown source role {role!r} (known: {', '.join(ROLES)})")
@@ -242,6 +250,27 @@ class _Stage:
                        key=lambda t: unit_interval("distract-pos", self.seed, trace["id"], t["name"]))
         return {**trace, "tools": tools}, len(extra)
 
+    def augmented(self, trace: dict, split: str) -> tuple[dict, dict]:
+        """A train/val trace with tools (not pass-through) with its tool list shuffled and its names masked, as
+        configured and drawn by hash of seed and id; and the fields that mark its samples."""
+        marks: dict = {}
+        if split == "test" or not trace["tools"] or (trace.get("meta") or {}).get("passthrough"):
+            return trace, marks
+        if self.shuffle and len(trace["tools"]) > 1:
+            shuffled = shuffle_tools(trace, self.seed)
+            if [t["name"] for t in shuffled["tools"]] != [t["name"] for t in trace["tools"]]:
+                trace, marks["tools_shuffled"] = shuffled, True
+        if self.mask_p and unit_interval("mask", self.seed, trace["id"]) < self.mask_p:
+            trace, _ = mask_names(trace, self.seed)
+            marks["masked_names"] = True
+        return trace, marks
+
+    def irrelevance_candidate(self, trace: dict, split: str) -> bool:
+        """Whether a positive trace (holdout stripped, distractors given) is one an irrelevance copy could be made of:
+        a train/val template-rendered tool trace; `irrelevant_tools` says whether a tool would be left."""
+        return (bool(self.irrelevance_share) and split != "test"
+                and not (trace.get("meta") or {}).get("passthrough"))
+
     def samples(self, trace: dict, split: str, category: str) -> list[dict]:
         out = []
         for template in self.templates_for(trace):
@@ -262,6 +291,9 @@ class _Stage:
 
     def select_u(self, trace_id: str) -> float:
         return unit_interval("select", self.seed, trace_id)
+
+    def irrelevance_u(self, trace_id: str) -> float:
+        return unit_interval("irrelevant", self.seed, trace_id)
 
     # The passes --------------------------------------------------------------------------------------------------
 
@@ -333,6 +365,12 @@ class _Stage:
         self.db.execute("CREATE TABLE gen (pos INTEGER PRIMARY KEY, split INTEGER, u REAL, score REAL, best INTEGER)")
         cand = Batched(self.db, "INSERT INTO cand VALUES (?, ?, ?)")
         gen = Batched(self.db, "INSERT INTO gen VALUES (?, ?, ?, ?, ?)")
+        # Irrelevance copies: a selection number per positive trace that would keep a tool once its called ones
+        # are removed (agenttune.data.augment); the others are counted.
+        self.db.execute("CREATE TABLE irr (split INTEGER, u REAL)")
+        irr = Batched(self.db, "INSERT INTO irr VALUES (?, ?)")
+        self.tool_traces = Counter()
+        self.no_tools_left = Counter()
         self.per_negative = max(self.renders, 1)
         mining = "mined" in self.order and self.ratio is not None
         # At most this many mined negatives can be needed per split (the old bounded hardest-first heap's size).
@@ -351,6 +389,12 @@ class _Stage:
             trace, _ = self.strip_holdout(trace, split)
             if category == "positive":
                 self.positives[split] += self.sample_count(trace, split, category)
+                if self.irrelevance_candidate(trace, split):
+                    self.tool_traces[split] += 1
+                    if irrelevant_tools(self.with_distractors(trace, split)[0]):
+                        irr.add(SPLITS.index(split), self.irrelevance_u(trace["id"]))
+                    else:
+                        self.no_tools_left[split] += 1
             elif category == "fixed":
                 self.fixed[split] += self.sample_count(trace, split, category)
             elif category in ("user", "no_tool"):
@@ -367,6 +411,7 @@ class _Stage:
                     gen.add(pos, SPLITS.index(split), u, score, best)
         cand.flush()
         gen.flush()
+        irr.flush()
         codes.close()
         self.codes = codes
         self.plan_splits()
@@ -385,6 +430,8 @@ class _Stage:
     def plan_splits(self) -> None:
         self.threshold: dict[tuple[str, str], float] = {}
         self.general_threshold: dict[str, float] = {}
+        self.irrelevance_threshold: dict[str, float] = {}
+        self.irrelevance_plan: dict[str, dict] = {}
         self.plan: dict[str, dict] = {}
         per_negative = self.per_negative
         self.db.execute("CREATE TABLE mined (pos INTEGER PRIMARY KEY, best INTEGER, score REAL)")
@@ -422,6 +469,19 @@ class _Stage:
             self.db.execute(f"INSERT INTO mined SELECT pos, best, score {hardest}", (si, take["mined"]))
             top = [row[0] for row in self.db.execute(f"SELECT score {hardest}", (si, min(5, take["mined"])))]
             negatives = fixed + per_negative * (take["user"] + take["no_tool"] + take["mined"])
+            # Irrelevance copies come on top of the ratio's negatives: `share` of the tool traces after
+            # augmentation, at most one copy per trace (a shortfall shows as copies < target).
+            copies = 0
+            if self.irrelevance_share and split != "test":
+                tool_traces = self.tool_traces[split]
+                candidates = self._one("SELECT count(*) FROM irr WHERE split = ?", si)
+                wanted_copies = mix.irrelevance_target(tool_traces, self.irrelevance_share)
+                copies = min(wanted_copies, candidates)
+                self.irrelevance_plan[split] = {"tool_traces": tool_traces, "target": wanted_copies,
+                                                "candidates": candidates, "no_tools_left": self.no_tools_left[split],
+                                                "copies": copies, "samples": copies * per_negative}
+            self.irrelevance_threshold[split] = self._smallest(
+                "SELECT u FROM irr WHERE split = ? ORDER BY u", (si,), copies, copies)
             plan = {"positives": p, "negatives": negatives, "target_negatives": target,
                     "taken": {"fixed": fixed, **{k: take[k] for k in NEGATIVE_KINDS}},
                     "available": available, "hardest_scores": [round(s, 4) for s in top]}
@@ -430,7 +490,7 @@ class _Stage:
             if split != "test" and self.eta < 1:
                 free_items = "FROM gen WHERE split = ? AND pos NOT IN (SELECT pos FROM mined)"
                 free = self._one(f"SELECT count(*) {free_items}", si)
-                wanted = mix.general_target(p + negatives, self.eta)
+                wanted = mix.general_target(p + negatives + copies * per_negative, self.eta)
                 general = min(wanted, free)
                 self.general_threshold[split] = self._smallest(f"SELECT u {free_items} ORDER BY u", (si,), free, general)
                 plan["general_target"] = wanted
@@ -448,6 +508,7 @@ class _Stage:
         # Histograms of sample lengths (bounded by the longest sample, not by the number of samples).
         lengths = {s: (Counter(), Counter()) for s in SPLITS}
         outcome = Counter()
+        augmented = {s: Counter() for s in SPLITS}  # traces masked / shuffled, irrelevance copies written
         tools_removed = 0
         test_item = -1  # the n-gram report's number of the current test trace (pass 1 added them in this order)
         files = {}
@@ -474,10 +535,19 @@ class _Stage:
                     if sample.get("distractors"):
                         c["with_distractors"] += 1
                         c["distractor_tools"] += sample["distractors"]
+                    for mark in ("masked_names", "tools_shuffled"):
+                        if sample.get(mark):
+                            c[mark] += 1
                     chars = sum(len(m["content"]) for m in sample["messages"])
                     trained = sum(len(m["content"]) for m in sample["messages"] if m["role"] == "assistant" and m["loss"])
                     lengths[split][0][chars] += 1
                     lengths[split][1][trained] += 1
+
+            def augment(trace: dict, split: str) -> tuple[dict, dict]:
+                trace, marks = self.augmented(trace, split)
+                augmented[split]["masked_traces"] += "masked_names" in marks
+                augmented[split]["shuffled_traces"] += "tools_shuffled" in marks
+                return trace, marks
 
             for (pos, _, _, trace), code in zip(_read_traces(self.paths, validate=False), self.codes, strict=True):
                 split, category, dropped = self.decode(code)
@@ -493,10 +563,11 @@ class _Stage:
                     if mined is not None:
                         best, score = mined
                         negative = mined_trace(trace, self.tool_lists[split].tools(best), score)
-                        emit(split, "agent", [dict(s, negative_kind="mined", mined_score=round(score, 6))
+                        negative, marks = augment(negative, split)
+                        emit(split, "agent", [dict(s, negative_kind="mined", mined_score=round(score, 6), **marks)
                                               for s in self.samples(negative, split, "no_tool")])
                         outcome[(role, "mined_negative")] += 1
-                        self._seen_by(split, trace, test_item)
+                        self._seen_by(split, negative, test_item)
                     elif split != "test" and self.select_u(trace["id"]) <= self.general_threshold[split]:
                         emit(split, "general", [dict(render_trace(trace, passthrough.NAME, passthrough.TOOL_FORMAT),
                                                      general=True)])
@@ -509,8 +580,13 @@ class _Stage:
                     outcome[(role, "unused_negative")] += 1
                     continue
                 distractors = 0
+                irrelevant = None
                 if category == "positive":
                     trace, distractors = self.with_distractors(trace, split)
+                    if (self.irrelevance_candidate(trace, split)
+                            and self.irrelevance_u(trace["id"]) <= self.irrelevance_threshold[split]):
+                        irrelevant = irrelevant_copy(trace)  # never None: pass 2 chose among traces that keep a tool
+                trace, marks = augment(trace, split)
                 samples = self.samples(trace, split, category)
                 meta = trace.get("meta") or {}
                 extra = {"distractors": distractors} if distractors else {}
@@ -518,9 +594,15 @@ class _Stage:
                     extra = {"kind": "no_tool", "negative_kind": "no_tool" if category == "fixed" else category}
                 if meta.get("eval_only"):
                     extra["eval_only"] = True
-                emit(split, "agent", [dict(s, **extra) for s in samples])
+                emit(split, "agent", [dict(s, **extra, **marks) for s in samples])
                 outcome[(role, "rendered")] += 1
                 self._seen_by(split, trace, test_item)
+                if irrelevant is not None:  # next to its original, in its split; seen by the contamination report
+                    irrelevant, marks = augment(irrelevant, split)
+                    emit(split, "agent", [dict(s, kind="no_tool", negative_kind="irrelevant", **marks)
+                                          for s in self.samples(irrelevant, split, "irrelevant")])
+                    augmented[split]["irrelevance_copies"] += 1
+                    self._seen_by(split, irrelevant, test_item)
             for f in files.values():
                 f.close()
             for split in SPLITS:
@@ -531,7 +613,8 @@ class _Stage:
             for split in SPLITS:
                 for stream in ("agent", "general"):
                     (out_dir / f".{split}.{stream}.tmp").unlink(missing_ok=True)
-        return {"counts": counts, "lengths": lengths, "outcome": outcome, "tools_removed": tools_removed}
+        return {"counts": counts, "lengths": lengths, "outcome": outcome, "tools_removed": tools_removed,
+                "augmented": augmented}
 
     def _seen_by(self, split: str, trace: dict, test_item: int) -> None:
         """Training text goes past the held-out n-grams; written test items are the ones the report covers."""
@@ -602,9 +685,13 @@ def _stats(stage: _Stage, result: dict) -> dict:
     for split in SPLITS:
         plan, c = stage.plan[split], counts[split]
         p, n = plan["positives"], plan["negatives"]
-        if c["kind:tool"] != p or c["kind:no_tool"] - c["general"] != n:
-            raise AssertionError(f"{split}: planned {p} positives / {n} negatives, wrote "
-                                 f"{c['kind:tool']} / {c['kind:no_tool'] - c['general']}")
+        irrelevant = stage.irrelevance_plan.get(split, {}).get("samples", 0)
+        if (c["kind:tool"] != p or c["kind:no_tool"] - c["general"] - c["negative_kind:irrelevant"] != n
+                or c["negative_kind:irrelevant"] != irrelevant):
+            raise AssertionError(f"{split}: planned {p} positives / {n} negatives / {irrelevant} irrelevance "
+                                 f"copies, wrote {c['kind:tool']} / "
+                                 f"{c['kind:no_tool'] - c['general'] - c['negative_kind:irrelevant']} / "
+                                 f"{c['negative_kind:irrelevant']}")
         ratio[split] = {
             "positives": p, "negatives": n, "achieved": mix.fraction(p, n),
             "positives_per_negative": round(p / n, 6) if n else None,
@@ -613,7 +700,7 @@ def _stats(stage: _Stage, result: dict) -> dict:
             "hardest_mined_scores": plan["hardest_scores"],
         }
         if split != "test":
-            agent = p + n
+            agent = p + n + irrelevant
             eta[split] = {"agent": agent, "general": c["general"], "general_target": plan.get("general_target", 0),
                           "achieved": mix.fraction(agent, agent + c["general"]),
                           "achieved_value": round(agent / (agent + c["general"]), 6) if agent + c["general"] else None}
@@ -628,7 +715,7 @@ def _stats(stage: _Stage, result: dict) -> dict:
     lengths = {s: {"chars": _percentiles(result["lengths"][s][0]), "trained_chars": _percentiles(result["lengths"][s][1])}
                for s in SPLITS}
     ratio_cfg = stage.ratio
-    return {
+    stats = {
         "traces_read": sum(stage.read_by_role.values()),
         "read_by_source": dict(sorted(stage.read_by_source.items())),
         "accounting": accounting,
@@ -644,3 +731,25 @@ def _stats(stage: _Stage, result: dict) -> dict:
         "tool_lists_indexed": {s: len(stage.tool_lists[s]) for s in SPLITS},
         "mining_candidates_scored": {s: stage.mined_scored[s] for s in SPLITS},
     }
+    if stage.augment:  # only when configured: without it stats.json stays as it always was
+        stats["augment"] = _augment_stats(stage, counts, result["augmented"])
+    return stats
+
+
+def _augment_stats(stage: _Stage, counts: dict, augmented: dict) -> dict:
+    """Per train/val split: traces masked and shuffled (and their samples), irrelevance copies planned and written.
+    Test is never augmented."""
+    out = {"name_masking": {"p": stage.mask_p}, "shuffle_tools": {"on": stage.shuffle},
+           "irrelevance": {"share": stage.irrelevance_share}}
+    for split in ("train", "val"):
+        a, c = augmented[split], counts[split]
+        out["name_masking"][split] = {"traces": a["masked_traces"], "samples": c["masked_names"]}
+        out["shuffle_tools"][split] = {"traces": a["shuffled_traces"], "samples": c["tools_shuffled"]}
+        plan = stage.irrelevance_plan.get(split)
+        if plan is not None:
+            if a["irrelevance_copies"] != plan["copies"]:
+                raise AssertionError(f"{split}: planned {plan['copies']} irrelevance copies, wrote "
+                                     f"{a['irrelevance_copies']}")
+            total = plan["tool_traces"] + plan["copies"]
+            out["irrelevance"][split] = {**plan, "achieved_share": round(plan["copies"] / total, 6) if total else None}
+    return out

@@ -3,6 +3,8 @@
 Takes: counts, the configured positive:negative ratio and AgentTuning's eta, and per-item uniform numbers.
 Gives:
   - `negatives_target(positives, ratio)`: negatives for `ratio` positives per negative (4 means 4:1);
+  - `irrelevance_target(tool_traces, share)`: irrelevance copies so that they are `share` of the tool traces
+    after augmentation (agenttune.data.augment);
   - `general_target(agent, eta)`: general samples so that agent / (agent + general) = eta (AgentTuning,
     Zeng et al. 2023, sec. 2.3: eta is the agent share of the training mix; 0.2 in the paper);
   - `smallest(us, k)`: the threshold that selects exactly the k items with the smallest numbers (each item's
@@ -39,6 +41,14 @@ def negatives_target(positives: int, ratio: float) -> int:
     if ratio <= 0:
         raise ValueError(f"ratio must be positive, got {ratio}")
     return _round_half_up(positives / _exact(ratio))
+
+
+def irrelevance_target(tool_traces: int, share: float) -> int:
+    """round(T * s / (1 - s)): copies / (T + copies) = s."""
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    s = _exact(share)
+    return _round_half_up(tool_traces * s / (1 - s))
 
 
 def general_target(agent: int, eta: float) -> int:
