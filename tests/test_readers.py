@@ -68,7 +68,7 @@ WEATHER = {
 
 def test_registry_lists_every_reader_and_names_known_formats_on_error():
     assert set(READERS) == {"canonical", "agentinstruct", "sharegpt_tools", "openai_messages", "bfcl", "hf_dataset",
-                            "alpaca"}
+                            "alpaca", "seal_tools", "sgd"}
     for name, module in READERS.items():
         assert module.FORMAT == name and callable(module.records) and callable(module.to_trace)
     with pytest.raises(ValueError, match="unknown trace format 'nope'; known formats: agentinstruct, alpaca, bfcl"):

@@ -6,7 +6,7 @@ from types import ModuleType
 
 # Adding a format: write readers/<module>.py and add it to this import and to READERS.
 from agenttune.traces.readers import (agentinstruct, alpaca, bfcl, canonical, hf_dataset, openai_messages,
-                                      sharegpt_tools)
+                                      seal_tools, sgd, sharegpt_tools)
 
 READERS: dict[str, ModuleType] = {m.FORMAT: m for m in (
     canonical,
@@ -16,6 +16,8 @@ READERS: dict[str, ModuleType] = {m.FORMAT: m for m in (
     bfcl,
     hf_dataset,
     alpaca,
+    seal_tools,
+    sgd,
 )}
 # hf_dataset hands each row to the reader of its inner format; it gets the registry from here rather than
 # importing this module (an import circle).

@@ -46,6 +46,9 @@ REASON_KINDS = (
     ("unknown role", "unknown_role"),
     ("empty trace", "empty_trace"),
     ("duplicate id", "duplicate_id"),
+    ("invalid argument", "invalid_argument"),
+    ("nested call", "nested_call"),
+    ("unknown service", "unknown_service"),
 )
 OTHER_KIND = "invalid_trace"
 

@@ -261,3 +261,58 @@ def kind_of(messages: list[dict]) -> str:
 def trace(source: str, raw_id: object, tools: list, messages: list, meta: dict) -> dict:
     """A canonical trace dict in the usual key order; ingest replaces id and source with its own."""
     return {"id": str(raw_id) if raw_id else "", "source": source, "tools": tools, "messages": messages, "meta": meta}
+
+
+# --- call arguments against a tool's JSON schema -----------------------------------------------------------------
+
+# JSON-schema type name -> the Python types a decoded JSON value of that type has (bool is not a number here).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _json_type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return {str: "string", list: "array", dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def argument_problem(value: object, schema: dict) -> str | None:
+    """Why `value` does not fit one parameter's JSON schema (its `type`, a list of types, and `enum`), or None.
+    Only these keywords are checked: they are all the readers that call this write."""
+    wanted = schema.get("type")
+    if wanted is not None:
+        names = wanted if isinstance(wanted, list) else [wanted]
+        fits = any(
+            isinstance(value, _JSON_TYPES.get(name, ())) and not (isinstance(value, bool) and name != "boolean")
+            for name in names
+        )
+        if not fits:
+            shown = json.dumps(value, ensure_ascii=False)
+            return f"is {_json_type_name(value)} {shown}, the tool declares {'/'.join(names)}"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and value not in enum:
+        return f"is {json.dumps(value, ensure_ascii=False)}, not one of {json.dumps(enum, ensure_ascii=False)}"
+    return None
+
+
+def check_call_arguments(call: dict, parameters: dict, field: str) -> None:
+    """Every argument of `call` is a declared parameter of its tool and fits that parameter's schema; else a
+    TraceError "invalid argument ..." naming the argument (required arguments are ingest's own check)."""
+    properties = parameters.get("properties") or {}
+    for name, value in call["arguments"].items():
+        if name not in properties:
+            raise TraceError(f"invalid argument '{name}': not a parameter of tool '{call['name']}'", f"{field}.{name}")
+        problem = argument_problem(value, properties[name])
+        if problem:
+            raise TraceError(f"invalid argument '{name}' for tool '{call['name']}': {problem}", f"{field}.{name}")
