@@ -41,6 +41,11 @@ def test_real_seal_tools(tmp_path):
     nested_by_file = Counter(Path(e["path"]).stem for e in quarantine if e["kind"] == "nested_call")
     assert nested_by_file == {"dev": 28, "test_in_domain": 30, "test_out_domain": 27}
     assert all(e["unit"] == "line" and e["id"].startswith("seal:") and e["line"] > 0 for e in quarantine)
+    invalid = Counter(e["reason"].split(":")[0] for e in quarantine if e["kind"] == "invalid_argument")
+    assert invalid == {"invalid argument 'position1' for tool 'calculateCollision'": 5,
+                       "invalid argument 'average_purchase_frequency' for tool 'estimateCustomerLifetimeValue'": 5,
+                       "invalid argument 'eval_data' for tool 'evaluateNeuralNetwork'": 1,
+                       "invalid argument 'patient_id' for tool 'scheduleSurgery'": 1}
 
     assert sum(len(calls_of(t)) for t in traces) == 5239
     assert len({tool["name"] for t in traces for tool in t["tools"]}) == 2534
@@ -334,6 +339,7 @@ def test_sgd_fixture_quarantines_with_file_dialogue_and_reason(tmp_path):
             "not a dialogue",  # 6
             sgd_dialogue("1_00005", user("Weather?"), {"speaker": "BOT", "utterance": "x", "frames": []}),  # 7
             sgd_dialogue("1_00006", user("Weather?"), system("x", service="Hotels_9")),  # 8: frame service unknown
+            sgd_dialogue("1_00007", user("Weather?"), system("x"), services=[]),  # 9: Weather_1 not listed
         ],
         "dialogues_002.json": [sgd_dialogue("2_00000", user("Weather in Oslo?"),
                                             system("It is 1 degree.", call={"city": "Oslo", "units": "F"},
@@ -341,7 +347,7 @@ def test_sgd_fixture_quarantines_with_file_dialogue_and_reason(tmp_path):
     })
     stats, traces, quarantine = run(tmp_path, SourceSpec("sgd", str(folder), "sgd"))
     source = stats["sources"][0]
-    assert (source["read"], source["kept"], source["quarantined"]) == (9, 2, 7)
+    assert (source["read"], source["kept"], source["quarantined"]) == (10, 2, 8)
     first = str(folder / "dialogues_001.json")
     assert {e["line"]: (e["path"], e["unit"], e["id"], e["kind"], e["field"]) for e in quarantine} == {
         2: (first, "index", "sgd:1_00001", "unknown_service", "services[0]"),
@@ -351,12 +357,15 @@ def test_sgd_fixture_quarantines_with_file_dialogue_and_reason(tmp_path):
         6: (first, "index", "sgd:dialogues_001#6", "invalid_trace", ""),
         7: (first, "index", "sgd:1_00005", "unknown_role", "turns[1].speaker"),
         8: (first, "index", "sgd:1_00006", "unknown_service", "turns[1].frames[0].service"),
+        9: (first, "index", "sgd:1_00007", "invalid_trace", "turns[0].frames[0].service"),
     }
     reasons = {e["line"]: e["reason"] for e in quarantine}
     assert reasons[2] == 'unknown service "Banks_1": not in schema.json'
     assert reasons[3] == ("call to tool 'Weather_1.GetForecast' which is not in schema.json (no intent 'GetForecast' "
                           "in service 'Weather_1')")
     assert reasons[4] == """invalid argument 'units' for tool 'Weather_1.GetWeather': is "K", not one of ["C", "F"]"""
+    assert reasons[8] == 'unknown service "Hotels_9": not in schema.json'
+    assert reasons[9] == "service 'Weather_1' is not among the dialogue's services"
 
     kept, other_file = traces
     assert kept["id"] == "sgd:1_00000" and other_file["id"] == "sgd:2_00000"

@@ -8,7 +8,8 @@ the `schema.json` beside them (`[{"service_name", "description", "slots": [{"nam
 {slot: default}, "result_slots"}]}]`).
 Gives: one canonical trace per dialogue (raw id = `dialogue_id`):
   - tools: every intent of every service the dialogue names (`services`, in that order), named
-    `<service>.<intent>` (e.g. `Restaurants_1.FindRestaurants`: stable, readable, unique across services, and
+    `<service>.<intent>` (e.g. `Restaurants_1.FindRestaurants`: stable, readable, unique across services (14 intent
+    names recur across the shared schema's services, e.g. `FindProvider` in Services_1, _2 and _3), and
     dotted like BFCL's names), described by the intent's description; parameters are the intent's required and
     optional slots, all strings (SGD slot values are strings), with the slot's description, `enum` = the slot's
     possible values when it is categorical, and `default` = the optional slot's default unless that is
