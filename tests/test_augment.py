@@ -357,3 +357,51 @@ def test_the_schema_accepts_the_augmentations_and_keeps_them_off_by_default():
     filled = section_with_defaults(cfg["format"], "format")["augment"]
     assert filled == {"name_masking": {"p": 0.0}, "irrelevance": {"share": 0.11}, "shuffle_tools": False}
     validate(cfg, str(REPO / "config" / "schema.yaml"))
+
+
+# --- real data ------------------------------------------------------------------------------------------------
+
+
+def test_real_traces_mask_validate_and_differ_only_in_names(tmp_path):
+    """glaive and ToolBench (nested schemas, thoughts that quote function names): every masked trace is a valid
+    canonical trace, every call the source got right still validates against its renamed schema, a masked render
+    differs from the plain one only in names, and every irrelevance copy is a valid trace without a call."""
+    from conftest import shared_data
+
+    from agenttune.traces.canonical import validate_trace
+    from agenttune.traces.ingest import SourceSpec, ingest
+
+    sources = [
+        SourceSpec("glaive", str(shared_data("glaive_toolcall", "glaive_toolcall_en_demo.json")), "sharegpt_tools"),
+        SourceSpec("toolbench", str(shared_data("toolbench_example", "answer")), "openai_messages"),
+    ]
+    ingest(sources, tmp_path / "t.jsonl", tmp_path / "q.jsonl", tmp_path / "s.json")
+    traces = read_jsonl(tmp_path / "t.jsonl")
+    validated = copies = mentions = 0
+    for i, trace in enumerate(traces):
+        if not trace["tools"]:
+            continue
+        masked, mapping = mask_names(trace, seed=11)
+        validate_trace(masked)
+        schemas = {t["name"]: t["parameters"] for t in trace["tools"]}
+        renamed = {t["name"]: t["parameters"] for t in masked["tools"]}
+        for m, mm in zip(trace["messages"], masked["messages"], strict=True):
+            for call, masked_call in zip(m.get("tool_calls") or [], mm.get("tool_calls") or [], strict=True):
+                try:
+                    jsonschema.validate(call["arguments"], schemas[call["name"]])
+                except jsonschema.ValidationError:
+                    continue  # the source's own call is not valid against its schema: nothing to keep
+                jsonschema.validate(masked_call["arguments"], renamed[masked_call["name"]])
+                validated += 1
+            if m["role"] == "assistant" and m["content"] != mm["content"]:
+                mentions += 1
+        template = sorted(t for t in TEMPLATES if t != "passthrough")[i % 4]
+        fmt = sorted(TOOL_FORMATS)[i % 3]
+        assert _unmask(render_trace(masked, template, fmt), mapping) == render_trace(trace, template, fmt)
+        irrelevant = irrelevant_copy(trace)
+        if irrelevant is not None and any(m.get("tool_calls") for m in trace["messages"]):
+            validate_trace(irrelevant)
+            assert not any(m.get("tool_calls") for m in irrelevant["messages"])
+            copies += 1
+    assert validated > 100 and copies > 0
+    assert mentions > 0  # ToolBench's thoughts name the function they call: replaced with the masked name
