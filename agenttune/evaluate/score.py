@@ -7,7 +7,8 @@ Takes: `predictions.jsonl` (agenttune.evaluate.predict).
 Gives `scores.json`:
   Score = EM(tool name) + λ·fuzzy(arguments) with its parts, false-call / missed-call / malformed rates, bootstrap
   95% CIs, the same metrics per template, tool format, source, task and kind, and for BFCL items the AST
-  accuracy per category (BFCL's rules, agenttune.evaluate.metrics.bfcl_match).
+  accuracy per category (BFCL's rules, agenttune.evaluate.metrics.bfcl_match), with irrelevance also under BFCL's
+  own rule (`official_accuracy`: a malformed reply counts as no call).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def score_predictions(pred_path: str | Path, lam: float, fuzzy: str) -> dict:
             per_cat[c].update(name_em=sum(v) / len(v), name_em_ci=_rate_ci(v))
         for c in per_cat:
             per_cat[c].update(outcomes={k: outcomes[c][k] for k in BFCL_OUTCOMES}, cut_at_max_new_tokens=cut[c])
+        if "irrelevance" in per_cat:
+            # BFCL's own rule, so that the figure compares with the leaderboard: a reply its decoder cannot read as a
+            # call counts as no call, so a malformed call attempt passes there (ours fails it).
+            v = [0.0 if r["status"] == "call" else 1.0 for r in bfcl_rows if r["bfcl_category"] == "irrelevance"]
+            per_cat["irrelevance"].update(official_accuracy=sum(v) / len(v), official_accuracy_ci=_rate_ci(v))
         allv = [1.0 if r["bfcl_correct"] else 0.0 for r in bfcl_rows]
         result["bfcl"] = {"categories": per_cat, "n": len(allv), "accuracy": sum(allv) / len(allv),
                           "accuracy_ci": _rate_ci(allv),

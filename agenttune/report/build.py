@@ -43,8 +43,10 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
 
     score_lines = [("held-out score", [scores[m]["summary"] for m in models], "score")]
     score_lines += [(bench.plot_label, [bench.headline(entries[m]) for m in models], bench.metric)
-                    for bench, entries in benchmarks]
-    plot_scores(models, score_lines, plot_paths["score"])
+                    for bench, entries in benchmarks if bench.panel_lines is None]
+    # BFCL: one line per category and figure, in a panel of its own (an average over categories hides them).
+    panel = [line for bench, entries in benchmarks if bench.panel_lines for line in bench.panel_lines(models, entries)]
+    plot_scores(models, score_lines, plot_paths["score"], panel or None)
     plot_losses(models, metrics, general, plot_paths["loss"])
 
     doc = Doc()

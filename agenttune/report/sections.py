@@ -50,20 +50,58 @@ def _summary_row(model: str, s: dict, general: dict | None, loss) -> list[str]:
             _fmt(g.get("perplexity"), 2), _fmt(loss, 4)]
 
 
+def paired_difference(base_rows: list[dict], rows: list[dict], value: Callable[[dict], float]) -> dict | None:
+    """The mean per-item difference `value(row) - value(base row)` over the items both hold (matched by id), with
+    its bootstrap 95% CI and the counts of items better, worse and the same; None when no item is shared. The CI of
+    a paired difference is much tighter than comparing the two models' own CIs."""
+    base = {r["id"]: value(r) for r in base_rows}
+    diffs = [value(r) - base[r["id"]] for r in rows if r["id"] in base]
+    if not diffs:
+        return None
+    lo, hi = bootstrap_ci(diffs)
+    return {"n": len(diffs), "mean": sum(diffs) / len(diffs), "ci": (lo, hi), "better": sum(d > 1e-9 for d in diffs),
+            "worse": sum(d < -1e-9 for d in diffs), "same": sum(abs(d) <= 1e-9 for d in diffs)}
+
+
+def _heldout_changes(models: list[str], scores: dict) -> dict:
+    """{tuned model: its paired held-out score change from the base model} (agenttune.report.sections.paired_difference)."""
+    base = scores[models[0]].get("items", [])
+    changes = {m: paired_difference(base, scores[m].get("items", []), lambda r: r["score"]) for m in models[1:]}
+    return {m: d for m, d in changes.items() if d}
+
+
 def _paired_rows(models: list[str], scores: dict) -> list[list[str]]:
-    """Per tuned model: the mean per-item score difference to the base model with a bootstrap CI; the CI of a
-    paired difference is much tighter than comparing the two models' own CIs."""
-    base = {r["id"]: r["score"] for r in scores[models[0]].get("items", [])}
-    rows = []
-    for m in models[1:]:
-        diffs = [r["score"] - base[r["id"]] for r in scores[m].get("items", []) if r["id"] in base]
-        if not diffs:
-            continue
-        lo, hi = bootstrap_ci(diffs)
-        rows.append([m, f"{sum(diffs) / len(diffs):+.3f}", f"[{lo:+.3f}, {hi:+.3f}]",
-                     str(sum(d > 1e-9 for d in diffs)), str(sum(d < -1e-9 for d in diffs)),
-                     str(sum(abs(d) <= 1e-9 for d in diffs))])
-    return rows
+    """Per tuned model: the mean per-item score difference to the base model with a bootstrap CI."""
+    return [[m, f"{d['mean']:+.3f}", f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", str(d["better"]), str(d["worse"]),
+             str(d["same"])] for m, d in _heldout_changes(models, scores).items()]
+
+
+def reported_checkpoint(models: list[str], scores: dict) -> tuple[str, str]:
+    """(the checkpoint the report reports, the rule that chose it): the epoch with the best validation score when
+    every epoch was scored on the validation split (ties go to the earlier epoch), else the last epoch."""
+    epochs = models[1:]
+    if not epochs:
+        return models[0], "the only model evaluated"
+    val = {m: scores[m].get("benchmarks", {}).get("val", {}).get("summary", {}).get("score") for m in epochs}
+    if all(v is not None for v in val.values()):
+        best = max(epochs, key=lambda m: (val[m], -epochs.index(m)))
+        return best, f"the epoch with the best validation score ({val[best]:.3f}; ties go to the earlier epoch)"
+    return epochs[-1], "the last epoch, since this run has no validation scores (`evaluate.val` chooses on them)"
+
+
+WORSE_THAN_BASE_ADVICE = (
+    "What to try: fewer epochs (`train.epochs`), a lower learning rate (`train.learning_rate`), more general data "
+    "in the mix (`format.mix.eta` below 1 with a `general` source, so tuning does not drift the model), or the "
+    "checkpoint chosen on the validation split (`evaluate.val`, then the report reports the epoch best there).")
+
+
+def worse_than_base(models: list[str], scores: dict) -> list[str]:
+    """A plain sentence for each tuned model whose held-out score is below the base model's with a paired 95% CI
+    that excludes zero."""
+    return [f"**{m} is worse than the base model** on the held-out items: mean score change {d['mean']:+.3f}, "
+            f"95% CI [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], over the same {d['n']} items ({d['worse']} worse, "
+            f"{d['better']} better); the interval excludes zero, so this is not noise."
+            for m, d in _heldout_changes(models, scores).items() if d["ci"][1] < 0]
 
 
 # --- held-out ---------------------------------------------------------------------------------------------------
@@ -89,17 +127,25 @@ def summary_section(doc: Doc, run: str, models: list[str], scores: dict, general
         doc.p("Change from the base model, paired by item (the same held-out items for every model): mean score "
               "difference with its 95% bootstrap CI over items, and how many items got better, worse or stayed.")
         doc.table(["model", "Δ score vs base", "95% CI", "better", "worse", "same"], paired)
-    last = scores[models[-1]]
+    worse = worse_than_base(models, scores)
+    for sentence in worse:
+        doc.p(sentence)
+    if worse:
+        doc.p(WORSE_THAN_BASE_ADVICE)
+    reported, rule = reported_checkpoint(models, scores)
+    if len(models) > 1:
+        doc.p(f"Reported checkpoint: {reported}, {rule}.")
+    last = scores[reported]
     base_s, last_s = first["summary"].get("score"), last["summary"].get("score")
     if base_s is not None and last_s is not None:
-        doc.p(f"Change from base to {models[-1]}: {last_s - base_s:+.3f} score; "
+        doc.p(f"Change from base to {reported}: {last_s - base_s:+.3f} score; "
               f"EM {_fmt(first['summary'].get('em'))} → {_fmt(last['summary'].get('em'))}. "
               "False-call rate: share of no-tool items answered with a call or a malformed output; missed-call "
               "rate: share of tool items answered without any call.")
     if general:
-        g0, g1 = general.get(models[0], {}).get("loss"), general.get(models[-1], {}).get("loss")
+        g0, g1 = general.get(models[0], {}).get("loss"), general.get(reported, {}).get("loss")
         if g0 is not None and g1 is not None:
-            doc.p(f"General ability: held-out general-chat loss {g0:.4f} (base) → {g1:.4f} ({models[-1]}), "
+            doc.p(f"General ability: held-out general-chat loss {g0:.4f} (base) → {g1:.4f} ({reported}), "
                   f"{g1 - g0:+.4f} nats/token (perplexity ×{pow(2.718281828459045, g1 - g0):.3f}); "
                   "see *General ability* for the data.")
 
@@ -166,10 +212,52 @@ def val_section(doc: Doc, models: list[str], entries: dict, stats: dict) -> None
         doc.table(["model"] + sorted(entries[models[0]]["slices"].get("source", {})), by_origin)
 
 
+BFCL_CATEGORY_ORDER = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+
+# The figures per BFCL category: (key in the category's scores, what it is, its value for one item row of scores.json).
+BFCL_FIGURES = (
+    ("name_em", "name-EM", lambda r: r["em"]),
+    ("accuracy", "AST", lambda r: 1.0 if r["bfcl_correct"] else 0.0),
+    ("official_accuracy", "BFCL's rule", lambda r: 0.0 if r["status"] == "call" else 1.0),
+)
+FIGURE_STYLE = {"name_em": "--", "accuracy": "-", "official_accuracy": ":"}
+
+
+def bfcl_categories(bfcl: dict) -> list[str]:
+    """The categories of one model's BFCL scores, in BFCL's order (any other after, sorted)."""
+    cats = bfcl.get("categories", {})
+    return [c for c in BFCL_CATEGORY_ORDER if c in cats] + sorted(c for c in cats if c not in BFCL_CATEGORY_ORDER)
+
+
+def bfcl_figures(bfcl: dict) -> list[tuple[str, str, str, Callable]]:
+    """(category, key, label, per-item value) for each figure one model's BFCL scores hold: name-EM and AST where the
+    category expects calls; for irrelevance our no-call accuracy (a malformed reply fails) and BFCL's own rule
+    (a reply its decoder cannot read counts as no call)."""
+    out = []
+    for c in bfcl_categories(bfcl):
+        for key, what, value in BFCL_FIGURES:
+            if key in bfcl["categories"][c]:
+                if c == "irrelevance":
+                    what = "no call, BFCL's rule" if key == "official_accuracy" else "no call (ours)"
+                out.append((c, key, f"{c} {what}", value))
+    return out
+
+
+def bfcl_plot_lines(models: list[str], entries: dict) -> list[tuple]:
+    """The score plot's BFCL panel: one line per category and figure (name-EM dashed, AST solid, BFCL's irrelevance
+    rule dotted; one colour per category), each (label, one dict per model, key, style)."""
+    base = entries[models[0]].get("bfcl", {})
+    colours = {c: f"C{k}" for k, c in enumerate(bfcl_categories(base))}
+    return [(label, [entries[m].get("bfcl", {}).get("categories", {}).get(c, {}) for m in models], key,
+             {"color": colours[c], "linestyle": FIGURE_STYLE[key]})
+            for c, key, label, _ in bfcl_figures(base)]
+
+
 def bfcl_section(doc: Doc, models: list[str], entries: dict, stats: dict) -> None:
-    """BFCL v3 under the AST rules: accuracy per category, function-name match, and what each reply was."""
+    """BFCL v3 under the AST rules: each category's figures per model, their paired change from the base model,
+    and what each reply was."""
     bfcl = {m: entries[m].get("bfcl", {}) for m in models}
-    cats = sorted(bfcl[models[0]].get("categories", {}))
+    cats = bfcl_categories(bfcl[models[0]])
     st = stats.get("counts", {})
     doc.p("BFCL questions rendered in the template and tool format the model was tuned on; a call passes when "
           "BFCL's AST rules accept it (function name, required arguments present, no unexpected arguments, "
@@ -180,22 +268,35 @@ def bfcl_section(doc: Doc, models: list[str], entries: dict, stats: dict) -> Non
           + f"; removed as contaminated: {st.get('bfcl_contaminated_removed', 0)}. Templates that hold one call "
           "per step (react, autogpt) cannot express parallel calls in one reply, so their parallel items fail "
           "by construction.")
-    rows = []
-    for m in models:
-        b = bfcl[m]
-        rows.append([m, str(b.get("n", 0)), f"{_fmt(b.get('accuracy'))} {_ci(b.get('accuracy_ci'), 2)}",
-                     _fmt(b.get("category_mean"))]
-                    + [f"{_fmt(b['categories'][c]['accuracy'])} {_ci(b['categories'][c]['accuracy_ci'], 2)}"
-                       for c in cats])
-    doc.table(["model", "items", "accuracy [CI]", "category mean"] + cats, rows)
-    named = [c for c in cats if "name_em" in bfcl[models[0]]["categories"][c]]
-    if named:
-        doc.p("Function-name exact match of the first call, per category (a reply without a call, or a "
-              "malformed one, counts as a miss): did the model pick the right function, whatever its arguments.")
-        doc.table(["model"] + named,
-                  [[m] + [f"{_fmt(cat['name_em'])} {_ci(cat['name_em_ci'], 2)}"
-                          for cat in (bfcl[m]["categories"][c] for c in named)]
-                   for m in models])
+    doc.table(["model", "items", "accuracy [CI]", "category mean"],
+              [[m, str(bfcl[m].get("n", 0)), f"{_fmt(bfcl[m].get('accuracy'))} {_ci(bfcl[m].get('accuracy_ci'), 2)}",
+                _fmt(bfcl[m].get("category_mean"))] for m in models])
+    figures = bfcl_figures(bfcl[models[0]])
+    doc.p("Per category and model, with 95% bootstrap CIs: name-EM is the function-name exact match of the first "
+          "call (a reply without a call, or a malformed one, counts as a miss): did the model pick the right "
+          "function, whatever its arguments; AST is the check above. For irrelevance, 'no call (ours)' fails a "
+          "malformed reply, while 'no call, BFCL's rule' is the leaderboard's figure: BFCL's checker counts a reply "
+          "it cannot decode as no call, so a broken call attempt passes there.")
+    doc.table(["category", "figure", "items"] + models,
+              [[c, label[len(c) + 1:], str(bfcl[models[0]]["categories"][c]["n"])]
+               + [f"{_fmt(cat.get(key))} {_ci(cat.get(key + '_ci'), 2)}"
+                  for cat in (bfcl[m].get("categories", {}).get(c, {}) for m in models)]
+               for c, key, label, _ in figures])
+    items = {m: entries[m].get("items", []) for m in models}
+    paired = []
+    for c, key, label, value in figures:
+        base_rows = [r for r in items[models[0]] if r.get("bfcl_category") == c]
+        row = [c, label[len(c) + 1:]]
+        for m in models[1:]:
+            d = paired_difference(base_rows, [r for r in items[m] if r.get("bfcl_category") == c], value)
+            row.append("–" if d is None else
+                       f"{d['mean']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" + (" worse" if d["ci"][1] < 0 else
+                                                                                      " better" if d["ci"][0] > 0 else ""))
+        paired.append(row)
+    if len(models) > 1:
+        doc.p("Change from the base model per category, paired by item (the same BFCL items for every model): mean "
+              "difference [95% bootstrap CI]; 'worse' / 'better' where the interval excludes zero.")
+        doc.table(["category", "figure"] + [f"{m} − base" for m in models[1:]], paired)
     doc.p("What each item's reply was, per model and category (counts of items): correct; no call (answered "
           "in prose where a call was due); false call (called on an irrelevance item); malformed (a call "
           "attempt that does not parse); wrong function; wrong number of calls; arguments (right function, "
@@ -217,6 +318,9 @@ class Benchmark:
     part: str        # the part of its scores that holds the headline figure ...
     metric: str      # ... under this key, with its 95% CI under metric + "_ci"
     section: Callable[[Doc, list, dict, dict], None]  # (doc, models, scores per model, item stats)
+    # Lines for a panel of their own in the score plot, instead of the one headline line: (models, scores per
+    # model) -> [(label, one dict per model, key, style)].
+    panel_lines: Callable[[list, dict], list] | None = None
 
     def headline(self, entry: dict) -> dict:
         return entry.get(self.part, {})
@@ -226,7 +330,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("val", "validation split + reviewed candidates", "val + candidates score", "summary", "score",
               val_section),
-    Benchmark("bfcl", "BFCL v3 (AST)", "BFCL AST accuracy", "bfcl", "accuracy", bfcl_section),
+    Benchmark("bfcl", "BFCL v3 (AST)", "BFCL AST accuracy", "bfcl", "accuracy", bfcl_section, bfcl_plot_lines),
 )
 
 
@@ -286,9 +390,9 @@ def human_section(doc: Doc, human: dict | None, sheet: dict | None) -> None:
 
 
 def _pick_examples(models: list[str], scores: dict, n: int) -> list[tuple[str, str]]:
-    """A few telling held-out items: one the last epoch gets right and the base does not, one no-tool item, one
-    the last epoch still gets wrong; then the first ids, up to n. (item id, why it was picked)"""
-    first, last = models[0], models[-1]
+    """A few telling held-out items: one the reported checkpoint gets right and the base does not, one no-tool item,
+    one it still gets wrong; then the first ids, up to n. (item id, why it was picked)"""
+    first, last = models[0], reported_checkpoint(models, scores)[0]
     by_id = {m: {r["id"]: r for r in scores[m]["items"]} for m in (first, last)}
     ids = sorted(by_id[last])
     picks = []
@@ -323,7 +427,7 @@ def examples_section(doc: Doc, models: list[str], scores: dict, predictions: dic
         if last_user:
             lines.append(f"last user turn: `{_short(last_user)}`")
         lines.append(f"expected: `{json.dumps(p0['expected'], ensure_ascii=False)}`")
-        for m in (models[0], models[-1]):
+        for m in (models[0], reported_checkpoint(models, scores)[0]):
             row = next(r for r in scores[m]["items"] if r["id"] == item_id)
             lines.append(f"{m} (score {row['score']:.2f}, {row['status']}): `{_short(predictions[m][item_id]['output'], 300)}`")
         doc.ul(lines)
