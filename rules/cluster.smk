@@ -30,9 +30,11 @@ rule cost_preflight:
         deepspeed=config["train"].get("deepspeed"),
         model_name=config["model"]["name"],
         # freeze tuning trains the top layers only: fewer backward FLOPs (agenttune.cluster.cost.flops.training_flops)
+        # lora / qlora: the adapters' memory and FLOPs (agenttune.cluster.cost.adapters)
         tuning={
             k: config["train"].get(k) for k in ("tuning", "freeze_trainable_layers")
-        },
+        }
+        | adapter_params(config["train"]),
     script:
         "../scripts/cost_preflight.py"
 
@@ -71,6 +73,12 @@ rule eval_preflight:
                 "bfcl",
                 "general",
             )
-        },
+        }
+        # an unmerged LoRA / QLoRA epoch is evaluated as base + adapter (a 4-bit base for QLoRA)
+        | (
+            {"train": adapter_params(config["train"])}
+            if adapter_params(config["train"])
+            else {}
+        ),
     script:
         "../scripts/eval_preflight.py"

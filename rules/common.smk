@@ -96,3 +96,12 @@ def shard_files(split, suffix="parquet"):
 
 def all_shard_stats(wildcards):
     return [f for split in SPLITS for f in shard_files(split, "stats.json")(wildcards)]
+
+
+def adapter_params(train):
+    """train.tuning and train.lora of a LoRA / QLoRA run (they change the memory, FLOPs and evaluation sizing);
+    {} for full and freeze tuning, whose params stay as they were (a params change re-runs a rule).
+    """
+    if train["tuning"] in ("lora", "qlora"):
+        return {"tuning": train["tuning"], "lora": train.get("lora", {})}
+    return {}

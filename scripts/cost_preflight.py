@@ -1,6 +1,7 @@
 import json
 import sys
 
+from agenttune.cluster.cost.adapters import lora_spec
 from agenttune.cluster.cost.flops import trainable_layers
 from agenttune.cluster.cost.preflight import plan_for_run, run_preflight
 from agenttune.cluster.cost.tables import format_markdown, write_csv
@@ -18,7 +19,7 @@ with stage_log(snakemake.log[0]) as log:
     offload = {k: bool(p.deepspeed and p.deepspeed[k]) for k in ("offload_optimizer", "offload_params")}
     plan = plan_for_run(model_config, manifest, p.compute, p.epochs, manifest["max_len"], p.grad_checkpointing,
                         offload["offload_optimizer"], offload["offload_params"], p.model_name,
-                        trainable_layers(p.tuning))
+                        trainable_layers(p.tuning), lora_spec(p.tuning))
     verdict, rows = run_preflight(plan)
     log(verdict.message)
     if not verdict.fits:

@@ -12,8 +12,10 @@ with stage_log(snakemake.log[0]) as log:
     manifest = json.loads(open(snakemake.input.manifest).read())
     test_items = sum(1 for _ in iter_jsonl(snakemake.input.test))
     val_items = sum(1 for _ in iter_jsonl(snakemake.input.val))
-    jobs, problems = eval_jobs_for_run(model_config, manifest, p.compute, p.evaluate, test_items, val_items,
-                                       p.model_name)
+    evaluate = dict(p.evaluate)
+    train = evaluate.pop("train", None)  # LoRA / QLoRA runs only (rules/cluster.smk, adapter_params)
+    jobs, problems = eval_jobs_for_run(model_config, manifest, p.compute, evaluate, test_items, val_items,
+                                       p.model_name, train)
     for rule, est in jobs.items():
         d = est.as_dict()
         log(f"{rule}: {d['items']} items, engine {d['engine']}, {d['dtype']}, "

@@ -340,3 +340,257 @@ def test_freeze_tuning_flops_by_hand():
     assert full.dense - all_layers.dense == (2 * lm_head + 4 * 8) * tokens and all_layers.attention == full.attention
     assert training_flops(shape, tokens, seq_len=3, trainable_layers=9) == all_layers
     assert frozen.total < full.total
+
+
+# --------------------------------------------------------------------------- LoRA and QLoRA (issue 21)
+
+from agenttune.cluster.cost.adapters import LINEAR_MODULES, LoraSpec, lora_spec, quantized_params  # noqa: E402
+from agenttune.cluster.cost.memory import (estimate_memory_lora, lora_activation_bytes,  # noqa: E402
+                                           lora_model_states_mem)
+
+
+def test_lora_adapter_params_toy_by_hand():
+    # TOY: hidden 4, q 4, kv 2 (GQA), intermediate 8. r·(in + out) per linear at r = 2:
+    # q 2·(4+4) = 16, k 2·(4+2) = 12, v 12, o 2·(4+4) = 16, gate 2·(4+8) = 24, up 24, down 2·(8+4) = 24 → 128
+    assert LoraSpec(rank=2).adapter_params(TOY) == 128
+    assert LoraSpec(rank=2, target_modules=("q_proj", "v_proj")).adapter_params(TOY) == 28
+    assert LoraSpec(rank=2).adapter_forward_flops_per_token(TOY) == 256
+    # modules_to_save trains a copy of the module in full: lm_head 10·4 = 40, final norm 4
+    spec = LoraSpec(rank=2, modules_to_save=("lm_head", "norm"))
+    assert spec.saved_params(TOY) == 44 and spec.trainable_params(TOY) == 172 and spec.saved_linear_params(TOY) == 40
+
+
+def test_lora_adapter_params_of_qwen25_7b_and_llama31_70b():
+    # Qwen2.5-7B (hidden 3584, kv 4·128 = 512, intermediate 18944, 28 layers), rank 16, all-linear, per layer:
+    # q 16·(3584+3584) = 114,688, k 16·(3584+512) = 65,536, v 65,536, o 114,688,
+    # gate, up, down 16·(3584+18944) = 360,448 each → 1,441,792; · 28 = 40,370,176 (0.53% of 7,615,616,512)
+    qwen = PRESETS["qwen2.5-7b"]
+    assert qwen.params == 7_615_616_512
+    assert LoraSpec().adapter_params(qwen) == 40_370_176
+    # Llama-3.1-70B (hidden 8192, kv 8·128 = 1024, intermediate 28672, 80 layers), rank 16, per layer:
+    # q, o 16·16384 = 262,144 each; k, v 16·9216 = 147,456 each; gate, up, down 16·36864 = 589,824 each
+    # → 2,588,672; · 80 = 207,093,760
+    llama = PRESETS["llama3.1-70b"]
+    assert llama.params == 70_553_706_496
+    assert LoraSpec("qlora").adapter_params(llama) == 207_093_760
+
+
+def test_qlora_base_bytes_by_hand():
+    # TOY: the seven linears hold 16 + 8 + 8 + 16 + 32 + 32 + 32 = 144 weights, quantized; the other 52 parameters
+    # (embedding 40, 2 norms 8, final norm 4) stay at 2 bytes = 104.
+    assert quantized_params(TOY) == 144
+    # double quant: 4 + 8/64 + 32/(64·256) = 4.126953125 bits → 144 · 4.126953125 / 8 = 74.29 → 74 bytes
+    assert LoraSpec("qlora").base_bytes(TOY) == 74 + 104
+    # without: 4 + 32/64 = 4.5 bits → 81 bytes
+    assert LoraSpec("qlora", double_quant=False).base_bytes(TOY) == 81 + 104
+    assert LoraSpec("lora").base_bytes(TOY) == 196 * 2
+    # Llama-3.1-70B: 68,451,041,280 linear weights (80 · 855,638,016); the rest 2,102,665,216 (embeddings and
+    # lm_head 2 · 128256 · 8192, norms) at 16 bits
+    llama = PRESETS["llama3.1-70b"]
+    assert quantized_params(llama) == 80 * (2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672)
+    base = LoraSpec("qlora").base_bytes(llama)
+    assert base == int(68_451_041_280 * 4.126953125 / 8) + 2 * 2_102_665_216
+    assert round(base / GiB, 1) == 36.8 and base < llama.params * 2 * 0.29  # 28% of the 16-bit base
+
+
+def test_lora_model_states_by_hand():
+    spec = LoraSpec(rank=2)  # 128 trainable parameters, base 196 · 2 = 392 bytes, largest module 40 (embedding)
+    # no offload: 2·40 + 392/2 + 18·128/2 on each of 2 GPUs; CPU as DeepSpeed's zero_init: 1.5 · 4 · 40 · 2
+    cpu, gpu, largest, base, adapter = lora_model_states_mem(TOY, spec, num_gpus_per_node=2)
+    assert (cpu, gpu, largest, base, adapter) == (480, 80 + 196 + 1152, 80, 196, 1152)
+    # optimizer offload: the adapter's 16 bytes/param on the CPU (× 1.5), its 2-byte copy on the GPUs
+    cpu, gpu, *_ = lora_model_states_mem(TOY, spec, 2, cpu_offload=True)
+    assert (cpu, gpu) == (16 * 128 * 1.5, 80 + 196 + 128)
+    cpu, gpu, *_ = lora_model_states_mem(TOY, spec, 2, cpu_offload=True, cpu_offload_params=True)
+    assert (cpu, gpu) == ((392 + 18 * 128) * 1.5, 80)
+    # modules_to_save lm_head (as large as the largest module): its gradient is gathered too
+    _, gpu, largest, _, adapter = lora_model_states_mem(TOY, LoraSpec(rank=2, modules_to_save=("lm_head",)), 1)
+    assert largest == 160 and adapter == 18 * 168
+    # QLoRA: the 4-bit base (178 bytes) split over the GPUs
+    _, gpu, _, base, _ = lora_model_states_mem(TOY, LoraSpec("qlora", rank=2), 2)
+    assert base == 89
+
+
+def test_lora_activations_by_hand():
+    # per token and layer: r·2 bytes for each of the 7 lora_B inputs (28) + with dropout the dropped copy of each
+    # lora_A input and its mask, 3 bytes per value: inputs 4+4+4+4+4+4+8 = 32 → 96. 3 tokens, 1 layer.
+    assert lora_activation_bytes(TOY, LoraSpec(rank=2), 3, False) == 3 * (28 + 96)
+    assert lora_activation_bytes(TOY, LoraSpec(rank=2, dropout=0.0), 3, False) == 3 * 28
+    two = ModelShape("toy2", layers=2, hidden=4, intermediate=8, heads=2, kv_heads=1, vocab=10, tie_embeddings=True)
+    one_layer = lora_activation_bytes(TOY, LoraSpec(rank=2), 3, False)
+    assert lora_activation_bytes(two, LoraSpec(rank=2), 3, False) == 2 * one_layer
+    assert lora_activation_bytes(two, LoraSpec(rank=2), 3, True) == 3 * (28 + 96)  # checkpointing: one layer
+    mem = estimate_memory_lora(two, LoraSpec(rank=2), 1, seq_len=3)
+    full = estimate_memory_zero3(two, 1, seq_len=3)
+    assert mem.activations == full.activations + mem.adapter_activations == full.activations + 2 * 3 * 124
+    assert mem.breakdown_gib()["frozen_base"] == mem.frozen_base / GiB
+    assert "frozen_base" not in full.breakdown_gib()  # full tuning's table keeps its columns
+
+
+def test_lora_memory_is_below_full_tuning_and_monotonic():
+    qwen = PRESETS["qwen2.5-7b"]
+    last = {}
+    for n in (1, 2, 4, 8):
+        full = estimate_memory_zero3(qwen, n, seq_len=4096).per_gpu
+        lora = estimate_memory_lora(qwen, LoraSpec(), n, seq_len=4096).per_gpu
+        qlora = estimate_memory_lora(qwen, LoraSpec("qlora"), n, seq_len=4096)
+        assert qlora.per_gpu < lora < full
+        assert qlora.frozen_base < estimate_memory_lora(qwen, LoraSpec(), n, seq_len=4096).frozen_base
+        if last:
+            assert lora < last["lora"] and qlora.per_gpu < last["qlora"]
+        last = {"lora": lora, "qlora": qlora.per_gpu}
+    ranks = [estimate_memory_lora(qwen, LoraSpec(rank=r), 2, seq_len=4096).per_gpu for r in (8, 16, 64)]
+    assert ranks == sorted(ranks) and len(set(ranks)) == 3
+    # the adapter's states are a small part: 18 bytes · 40,370,176 / 2 GPUs
+    assert estimate_memory_lora(qwen, LoraSpec(), 2, seq_len=4096).adapter_states == 18 * 40_370_176 // 2
+
+
+def test_lora_flops_by_hand():
+    # TOY, 10 tokens in rows of 1 (k̄ = 1): attention forward 4 · q_dim 4 · 1 · 1 layer · 10 = 160.
+    # LoRA r = 2: forward 2·196 + 256 (adapters), backward input gradients 2·196, adapters' weight + input
+    # gradients 2·256 → dense (4·196 + 3·256) · 10 = 15,520; attention forward + backward 3 · 160.
+    spec = LoraSpec(rank=2)
+    lora = training_flops(TOY, 10, seq_len=1, lora=spec)
+    assert (lora.dense, lora.attention, lora.recompute) == (15_520, 480, 0)
+    # checkpointing: one more forward of the decoder layer (152 parameters) with its adapters, and its attention
+    ckpt = training_flops(TOY, 10, seq_len=1, grad_checkpointing=True, lora=spec)
+    assert ckpt.recompute == (2 * 152 + 256) * 10 + 160
+    # modules_to_save lm_head adds its weight gradient, 2 · 40 per token
+    saved = training_flops(TOY, 10, seq_len=1, lora=LoraSpec(rank=2, modules_to_save=("lm_head",)))
+    assert saved.dense == lora.dense + 2 * 40 * 10
+    # at 7B the adapters are small: about 2/3 of full tuning's dense FLOPs,
+    # (4 · 7,070,619,136 + 3 · 80,740,352) / (6 · 7,070,619,136) = 0.6724
+    qwen = PRESETS["qwen2.5-7b"]
+    full7, lora7 = training_flops(qwen, 1e6, 4096), training_flops(qwen, 1e6, 4096, lora=LoraSpec())
+    assert lora7.dense / full7.dense == pytest.approx(0.6724, abs=1e-4)
+    assert lora7.attention == full7.attention and lora7.total < full7.total
+    assert training_flops(qwen, 1e6, 4096, lora=LoraSpec("qlora")) == lora7  # dequantization is not counted
+    ranks = [training_flops(qwen, 1e6, 4096, lora=LoraSpec(rank=r)).total for r in (8, 16, 64)]
+    assert ranks == sorted(ranks) and len(set(ranks)) == 3
+    # implied_mfu stays the exact inverse with adapters
+    t = estimate_time(qwen, 1e8, 2, A100, mfu=0.2, seq_len=4096, lora=LoraSpec())
+    assert implied_mfu(qwen, 1e8, t.hours_per_epoch, 2, A100, 4096, lora=LoraSpec()) == pytest.approx(0.2)
+
+
+def test_lora_spec_reads_the_train_section_and_names_bad_keys():
+    assert lora_spec({"tuning": "full"}) is None and lora_spec({"tuning": "freeze"}) is None
+    spec = lora_spec({"tuning": "lora"})  # the schema's defaults
+    assert (spec.method, spec.rank, spec.target_modules, spec.modules_to_save, spec.merge) == (
+        "lora", 16, LINEAR_MODULES, (), "auto")
+    spec = lora_spec({"tuning": "qlora", "lora": {"rank": 8, "target_modules": ["q_proj", "v_proj"],
+                                                  "double_quant": False, "quant_type": "fp4"}})
+    assert (spec.quantized, spec.rank, spec.target_modules, spec.double_quant, spec.quant_type) == (
+        True, 8, ("q_proj", "v_proj"), False, "fp4")
+    with pytest.raises(ValueError, match="train.lora.target_modules: qkv_proj"):
+        lora_spec({"tuning": "lora", "lora": {"target_modules": ["qkv_proj"]}})
+    with pytest.raises(ValueError, match="train.lora.modules_to_save: wte"):
+        lora_spec({"tuning": "lora", "lora": {"modules_to_save": ["wte"]}})
+    # merge auto: LoRA up to 20B, never QLoRA
+    assert LoraSpec().merged(PRESETS["qwen2.5-7b"]) and not LoraSpec().merged(PRESETS["llama3.1-70b"])
+    assert not LoraSpec("qlora").merged(PRESETS["qwen2.5-7b"]) and not LoraSpec(merge=False).merged(TOY)
+
+
+def test_preflight_accepts_lora_where_full_tuning_does_not_fit():
+    llama70 = PRESETS["llama3.1-70b"]
+    plan = Plan(llama70, A100, 1, 1, tokens=10e6, grad_checkpointing=True)
+    full = check(plan)
+    lora = check(Plan(llama70, A100, 1, 1, tokens=10e6, grad_checkpointing=True, lora=LoraSpec()))
+    qlora = preflight(Plan(llama70, A100, 1, 1, tokens=10e6, grad_checkpointing=True, lora=LoraSpec("qlora")))
+    assert not full.fits and not lora.fits  # 18 bytes/param; a 16-bit 70B base is 131 GiB
+    assert qlora.fits and qlora.memory.per_gpu < A100.memory_bytes, qlora.message
+    assert "qlora r16 all-linear (207,093,760 trainable parameters, 4-bit base)" in qlora.message
+    # 7B: full tuning needs 4 A100s without offload, LoRA fits on 2 (and on 1)
+    qwen = PRESETS["qwen2.5-7b"]
+    assert not check(Plan(qwen, A100, 2, 1, tokens=470e6)).fits
+    assert check(Plan(qwen, A100, 2, 1, tokens=470e6, lora=LoraSpec())).fits
+    assert check(Plan(qwen, A100, 1, 1, tokens=470e6, lora=LoraSpec())).fits
+
+
+def test_preflight_refuses_what_cannot_fit_even_with_qlora():
+    llama70 = PRESETS["llama3.1-70b"]
+    # one A100-40G cannot hold the 4-bit 70B with its activations and loss buffers: the nearest fit is 2 of them
+    verdict = preflight(Plan(llama70, GPUS["a100-40g"], 1, 1, tokens=10e6, grad_checkpointing=True,
+                             lora=LoraSpec("qlora")))
+    assert not verdict.fits and "GiB per GPU > 40 GiB" in verdict.problems[0]
+    assert verdict.nearest.plan.n_gpus == 2 and verdict.nearest.plan.lora.quantized
+    assert not verdict.nearest.plan.offload_optimizer  # QLoRA's search never offers offload
+    # QLoRA with DeepSpeed offload: refused with the reason, nearest fit with offload off
+    verdict = preflight(Plan(llama70, A100, 8, 1, tokens=10e6, grad_checkpointing=True, offload_optimizer=True,
+                             lora=LoraSpec("qlora")))
+    assert not verdict.fits and "qlora with train.deepspeed offload_optimizer/offload_params" in verdict.message
+    assert verdict.nearest.changes == ["optimizer offload off"] and verdict.nearest.fits
+    # QLoRA on a CPU: refused, nothing searched
+    cpu = get_gpu("cpu", peak_flops=1e11)
+    verdict = preflight(Plan(PRESETS["smollm2-135m"], cpu, 1, 1, tokens=1e6, max_len=2048, lora=LoraSpec("qlora")))
+    assert not verdict.fits and verdict.nearest is None
+    assert "train.tuning qlora needs GPUs" in verdict.message and "no configuration fits" not in verdict.message
+    assert preflight(Plan(PRESETS["smollm2-135m"], cpu, 1, 1, tokens=1e6, max_len=2048, lora=LoraSpec())).fits
+
+
+def test_plan_for_run_with_lora_and_its_table_rows():
+    from agenttune.cluster.cost.preflight import plan_for_run, run_preflight
+
+    qwen7 = _llama_config(28, 3584, 18944, 28, 4, 152064)
+    qwen7["model_type"] = "qwen2"
+    manifest = {"total_tokens": 470e6}
+    compute = {"device": "a100-80g", "devices": 2}
+    lora = plan_for_run(qwen7, manifest, compute, epochs=3, max_len=4096, lora=lora_spec({"tuning": "lora"}))
+    verdict, rows = run_preflight(lora)
+    assert verdict.fits and rows[0]["tuning"] == "lora" and rows[0]["trainable_params"] == 40_370_176
+    assert rows[0]["frozen_base_GiB"] == round(7_615_616_512 * 2 / 2 / GiB, 2)
+    full_verdict, full_rows = run_preflight(plan_for_run(qwen7, manifest, compute, epochs=3, max_len=4096))
+    assert not full_verdict.fits
+    assert "tuning" not in full_rows[0] and "frozen_base_GiB" not in full_rows[0]  # full tuning's table as it was
+
+
+def test_evaluation_sizing_counts_the_adapter():
+    from agenttune.cluster.cost.evaluation import EvalWork, estimate_eval_job
+    from agenttune.common.config import section_with_defaults
+
+    evaluate = section_with_defaults({"precision": "bf16", "engine": "hf", "batch_size": 4}, "evaluate")
+    work = EvalWork("predict", 100, 1000, 4096, 256)
+    qwen, llama = PRESETS["qwen2.5-7b"], PRESETS["llama3.1-70b"]
+    plain = estimate_eval_job(qwen, A100, work, evaluate)
+    merged = estimate_eval_job(qwen, A100, work, evaluate, lora=LoraSpec())  # auto merges a 7B
+    assert merged == plain and "adapter" not in merged.as_dict()
+    unmerged = estimate_eval_job(qwen, A100, work, evaluate, lora=LoraSpec(merge=False))
+    assert unmerged.weights_bytes == plain.weights_bytes + 40_370_176 * 2
+    assert unmerged.as_dict()["adapter"] == "lora r16, unmerged" and unmerged.runtime_min >= plain.runtime_min
+    # QLoRA, never merged: the 4-bit base + the adapter at bf16
+    q = estimate_eval_job(llama, A100, work, evaluate, lora=LoraSpec("qlora"))
+    assert q.weights_bytes == LoraSpec("qlora").base_bytes(llama) + 207_093_760 * 2
+    assert q.dtype == "nf4+bf16" and q.fits and q.gpus == 1
+    full70 = estimate_eval_job(llama, A100, work, evaluate)
+    assert full70.gpus > q.gpus
+    # on a CPU the 4-bit base cannot load
+    cpu = estimate_eval_job(PRESETS["smollm2-135m"], None, work, evaluate, lora=LoraSpec("qlora"))
+    assert not cpu.fits and "needs a GPU" in cpu.problems[0]
+
+
+def test_seed_table_lora_and_qlora_columns():
+    plain = seed_table()
+    rows = seed_table(adapters=(LoraSpec(), LoraSpec("qlora")))
+    for p, r in zip(plain, rows):
+        assert {k: r[k] for k in p} == p  # the full-tuning columns unchanged
+        assert r["lora_h_per_epoch"] < r["est_h_per_epoch"] and r["lora_gpu_hours"] < r["est_gpu_hours"]
+        assert r["qlora_mem_per_gpu_GiB"] < r["lora_mem_per_gpu_GiB"] < r["mem_per_gpu_GiB"]
+        assert r["qlora_fewest_gpus"] <= r["lora_fewest_gpus"] <= int(r["gpus"].split("×")[0])
+    by_model = {r["model"]: r for r in rows}
+    # 72B: LoRA fits on 4 A100s (the 16-bit base, 135 GiB, split), QLoRA on 1 (the 4-bit base, 38 GiB)
+    assert (by_model["qwen2-72b"]["lora_fewest_gpus"], by_model["qwen2-72b"]["qlora_fewest_gpus"]) == (4, 1)
+
+
+def test_cli_lora_plan_and_seed_table_columns(tmp_path):
+    r = run_cli("--model", "qwen2.5-7b", "--gpus", "2", "--tokens", "470e6", "--tuning", "lora")
+    assert r.returncode == 0, r.stderr
+    assert "lora r16 all-linear (40,370,176 trainable parameters, 16-bit base)" in r.stdout
+    assert "| frozen_base |" in r.stdout
+    assert run_cli("--model", "qwen2.5-7b", "--gpus", "2", "--tokens", "470e6").returncode == 3  # full tuning
+    r = run_cli("--seed-table", "--tuning", "lora,qlora", "--out-csv", str(tmp_path / "seed.csv"))
+    assert r.returncode == 0, r.stderr
+    header = (tmp_path / "seed.csv").read_text().splitlines()[0]
+    assert "lora_h_per_epoch" in header and "qlora_fewest_gpus" in header and "lora_mem_per_gpu_GiB" in r.stdout
+    bad = run_cli("--model", "qwen2.5-7b", "--tokens", "1e6", "--tuning", "dora")
+    assert bad.returncode == 2 and "--tuning" in bad.stderr
+    two = run_cli("--model", "qwen2.5-7b", "--tokens", "1e6", "--tuning", "lora,qlora")
+    assert two.returncode == 2 and "one of full, lora, qlora for a plan" in two.stderr

@@ -14,6 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from agenttune.cluster.cost.adapters import LoraSpec
 from agenttune.cluster.cost.devices import GPUS, GiB, get_gpu
 from agenttune.cluster.cost.fit import DEFAULT_NODE_MEMORY_BYTES, Plan, preflight
 from agenttune.cluster.cost.flops import DEFAULT_MAX_LEN, DEFAULT_MFU, SeqLens, read_measured_mfu
@@ -21,6 +22,7 @@ from agenttune.cluster.cost.seed import seed_table
 from agenttune.cluster.cost.shapes import PRESETS, load_shape
 from agenttune.cluster.cost.tables import format_markdown, plan_rows, write_csv
 from agenttune.common.atomic import write_text
+from agenttune.common.config import section_with_defaults
 
 EXIT_FITS, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-memory-gib", type=float, default=DEFAULT_NODE_MEMORY_BYTES / GiB)
     ap.add_argument("--peak-flops", type=float, help="override the device's peak FLOP/s (needed for --gpu cpu)")
     ap.add_argument("--gpu-memory-gib", type=float, help="override the device's memory")
+    ap.add_argument("--tuning", default="full",
+                    help="full, lora or qlora for a plan (adapters on all linear layers of the decoder); with "
+                         "--seed-table a comma list, e.g. lora,qlora: a column set per LoRA method beside full tuning")
+    ap.add_argument("--lora-rank", type=int, default=section_with_defaults({}, "train", "lora")["rank"],
+                    help="LoRA / QLoRA rank (default: train.lora.rank's)")
     ap.add_argument("--seed-table", action="store_true", help="print the seed table reproduction")
     ap.add_argument("--out-md", help="write the table (seed table, or the plan's breakdown) as Markdown")
     ap.add_argument("--out-csv", help="write the same table as CSV")
@@ -60,15 +67,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         gpu = get_gpu(args.gpu, args.peak_flops, args.gpu_memory_gib)
+        tunings = [t.strip() for t in args.tuning.split(",") if t.strip()]
+        unknown = [t for t in tunings if t not in ("full", "lora", "qlora")]
+        if unknown or not tunings:
+            ap.error(f"--tuning: {args.tuning!r}: give full, lora or qlora (a comma list with --seed-table)")
+        if args.lora_rank < 1:
+            ap.error("--lora-rank must be at least 1")
+        adapters = tuple(LoraSpec(t, rank=args.lora_rank) for t in tunings if t != "full")
         rows: list[dict] = []
         if args.seed_table:
-            rows = seed_table(args.mfu or DEFAULT_MFU, gpu=gpu)
+            rows = seed_table(args.mfu or DEFAULT_MFU, gpu=gpu, adapters=adapters)
             print(format_markdown(rows))
         if not args.model:
             if not args.seed_table:
                 ap.error("--model is required (or --seed-table alone)")
             _write_tables(rows, args)
             return EXIT_FITS
+        if len(tunings) > 1:
+            ap.error("--tuning: one of full, lora, qlora for a plan (a list only with --seed-table alone)")
         shape = load_shape(args.model)
         tokens, seq_lens = (None, None)
         if args.manifest:
@@ -80,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         nodes = args.nodes or math.ceil(args.gpus / gpu.per_node)
         plan = Plan(shape, gpu, args.gpus, nodes, args.epochs, tokens, args.max_len, seq_lens,
                     args.grad_checkpointing, args.offload_optimizer or args.offload_params, args.offload_params,
-                    time_limit_hours=args.time_limit_hours, node_memory_bytes=int(args.node_memory_gib * GiB))
+                    time_limit_hours=args.time_limit_hours, node_memory_bytes=int(args.node_memory_gib * GiB),
+                    lora=adapters[0] if adapters else None)
         if args.metrics:
-            mfu, source = read_measured_mfu(args.metrics, shape, plan.lengths, plan.grad_checkpointing)
+            mfu, source = read_measured_mfu(args.metrics, shape, plan.lengths, plan.grad_checkpointing, plan.lora)
             plan = replace(plan, mfu=mfu, mfu_source=source)
         elif args.mfu:
             plan = replace(plan, mfu=args.mfu, mfu_source="given")

@@ -30,6 +30,12 @@ The arithmetic (bytes, GiB = 2**30), stated so that a reader can check it:
   50% of the memory bandwidth; steps = ceil(items / sequences) × max_new_tokens, each batch runs to its longest
   answer, plus 30 ms of Python and kernel launches per step); general-loss: loading + 2·N FLOPs per token at 30%.
   Doubled, at least 30 minutes, rounded up to 10.
+- LoRA / QLoRA (train.tuning): a merged epoch (train.lora.merge, auto: LoRA up to 20B) is a plain model, sized as
+  above. Unmerged, the job loads the base + the adapter (its parameters and modules_to_save at the evaluation dtype):
+  LoRA's base at the evaluation dtype, QLoRA's at 4 bits with its quantization constants (adapters.LoraSpec.base_bytes;
+  bitsandbytes, so GPUs only). The adapters add 2·r·(in + out) FLOPs per adapted linear and token to the prefill.
+  Loading and decoding are timed from the 16-bit base (the checkpoint on disk is 16-bit; the 4-bit layers dequantize
+  their weights to 16 bits on every forward, so a decode step moves at least as many bytes as a 16-bit model's).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from agenttune.cluster.cost.adapters import LoraSpec
 from agenttune.cluster.cost.devices import GiB, GPU
 from agenttune.cluster.cost.shapes import ModelShape
 
@@ -81,6 +88,7 @@ class EvalEstimate:
     fits: bool
     problems: list[str] = field(default_factory=list)
     nearest: str | None = None     # when it does not fit: the nearest configuration that does
+    adapter: str | None = None     # an unmerged LoRA / QLoRA epoch: base + adapter (None: a plain model)
 
     def as_dict(self) -> dict:
         return {"rule": self.work.rule, "items": self.work.items, "engine": self.engine, "dtype": self.dtype,
@@ -88,7 +96,7 @@ class EvalEstimate:
                 "kv_cache_gib": round(self.kv_bytes / GiB, 2), "workspace_gib": round(self.workspace_bytes / GiB, 2),
                 "per_gpu_gib": round(self.per_gpu_bytes / GiB, 2), "mem_mb": math.ceil(self.host_bytes / 2**20),
                 "runtime_min": self.runtime_min, "fits": self.fits, "problems": self.problems,
-                "nearest": self.nearest}
+                "nearest": self.nearest, **({"adapter": self.adapter} if self.adapter else {})}
 
 
 def _sequences(work: EvalWork, evaluate: dict, engine: str) -> int:
@@ -111,8 +119,9 @@ def _tp_sizes(shape: ModelShape, per_node: int) -> list[int]:
 
 
 def estimate_eval_job(shape: ModelShape, device: GPU | None, work: EvalWork, evaluate: dict,
-                      max_gpus: int | None = None) -> EvalEstimate:
-    """One evaluation job on `device` (None: a CPU job). `max_gpus` caps the GPUs (default: one node's)."""
+                      max_gpus: int | None = None, lora: LoraSpec | None = None) -> EvalEstimate:
+    """One evaluation job on `device` (None: a CPU job). `max_gpus` caps the GPUs (default: one node's). `lora`:
+    the run's LoRA / QLoRA; an unmerged epoch is loaded as base + adapter."""
     engine = "hf" if work.rule == "general_loss" else evaluate["engine"]
     on_gpu = device is not None
     if on_gpu and engine == "exact":
@@ -122,6 +131,21 @@ def estimate_eval_job(shape: ModelShape, device: GPU | None, work: EvalWork, eva
     seqs = _sequences(work, evaluate, engine)
     context = work.max_len + work.new_tokens
     weights = shape.params * bytes_per
+    stream_weights, adapter_flops, adapter = weights, 0, None  # stream: what loading and decoding move
+    problems: list[str] = []
+    if lora is not None and not lora.merged(shape):
+        adapter_bytes = lora.trainable_params(shape) * bytes_per
+        adapter_flops = lora.adapter_forward_flops_per_token(shape)
+        stream_weights = weights + adapter_bytes
+        if lora.quantized:
+            weights = lora.base_bytes(shape) + adapter_bytes
+            dtype = f"{lora.quant_type}+{dtype}"
+            if not on_gpu:
+                problems.append("an unmerged QLoRA epoch loads a 4-bit base (bitsandbytes), which needs a GPU; "
+                                "compute.device is cpu")
+        else:
+            weights += adapter_bytes
+        adapter = f"{lora.method} r{lora.rank}, unmerged"
     kv = 2 * shape.layers * shape.kv_dim * bytes_per * seqs * context
     prefill = seqs * work.max_len * (4 * shape.hidden + 2 * shape.intermediate) * bytes_per
     if work.rule == "general_loss":
@@ -129,7 +153,6 @@ def estimate_eval_job(shape: ModelShape, device: GPU | None, work: EvalWork, eva
     else:
         logits = seqs * shape.vocab * 4 * 2
     workspace = prefill + logits
-    problems: list[str] = []
     gpus, per_gpu = 0, 0
     if on_gpu:
         per_node = max_gpus or device.per_node
@@ -147,22 +170,22 @@ def estimate_eval_job(shape: ModelShape, device: GPU | None, work: EvalWork, eva
                             f"workspace {workspace / GiB:.1f} GiB")
         per_gpu = int(need(gpus))
     host = weights + (HOST_OVERHEAD_BYTES if on_gpu else CPU_HOST_OVERHEAD_BYTES + kv + workspace)
-    runtime_min = _runtime_min(shape, device, work, engine, weights, seqs, gpus)
+    runtime_min = _runtime_min(shape, device, work, engine, stream_weights, seqs, gpus, adapter_flops)
     estimate = EvalEstimate(work, engine, dtype, gpus, weights, kv, workspace, per_gpu, host, runtime_min,
-                            not problems, problems)
+                            not problems, problems, adapter=adapter)
     if problems:
-        estimate = replace(estimate, nearest=_nearest(shape, device, work, evaluate, max_gpus))
+        estimate = replace(estimate, nearest=_nearest(shape, device, work, evaluate, max_gpus, lora))
     return estimate
 
 
 def _runtime_min(shape: ModelShape, device: GPU | None, work: EvalWork, engine: str, weights: int, seqs: int,
-                 gpus: int) -> int:
+                 gpus: int, adapter_flops_per_token: int = 0) -> int:
     peak = device.peak_flops if device is not None else 1e12
     bandwidth = device.memory_bandwidth if device is not None else 50e9
     # hf with device_map runs one GPU at a time; tensor parallelism (server) uses all of them at once.
     parallel = gpus if (engine == "server" and gpus) else 1
     seconds = weights / LOAD_BYTES_PER_S
-    flops = 2 * shape.compute_params * work.prompt_tokens * work.items
+    flops = (2 * shape.compute_params + adapter_flops_per_token) * work.prompt_tokens * work.items
     seconds += flops / (peak * PREFILL_MFU * parallel)
     if work.new_tokens:
         steps = math.ceil(work.items / seqs) * work.new_tokens
@@ -171,7 +194,8 @@ def _runtime_min(shape: ModelShape, device: GPU | None, work: EvalWork, engine: 
     return int(math.ceil(minutes / 10) * 10)
 
 
-def _nearest(shape: ModelShape, device: GPU | None, work: EvalWork, evaluate: dict, max_gpus: int | None) -> str | None:
+def _nearest(shape: ModelShape, device: GPU | None, work: EvalWork, evaluate: dict, max_gpus: int | None,
+             lora: LoraSpec | None = None) -> str | None:
     """The first change that makes the job fit, in the order a user would try them."""
     tries = []
     if evaluate["precision"] != "bf16":
@@ -183,12 +207,12 @@ def _nearest(shape: ModelShape, device: GPU | None, work: EvalWork, evaluate: di
         if evaluate["engine"] != "server":
             tries.append(("evaluate.engine: server (vLLM, tensor parallel)", {**evaluate, "engine": "server"}))
     for change, cfg in tries:
-        est = estimate_eval_job(shape, device, work, cfg, max_gpus)
+        est = estimate_eval_job(shape, device, work, cfg, max_gpus, lora)
         if est.fits:
             return f"{change}: {est.gpus} GPU(s), {est.per_gpu_bytes / GiB:.1f} GiB per GPU"
     shorter = replace(work, max_len=max(1024, work.max_len // 2))
     if shorter.max_len < work.max_len:
-        est = estimate_eval_job(shape, device, shorter, evaluate, max_gpus)
+        est = estimate_eval_job(shape, device, shorter, evaluate, max_gpus, lora)
         if est.fits:
             return (f"tokenize.max_len: {shorter.max_len} (shorter prompts): {est.gpus} GPU(s), "
                     f"{est.per_gpu_bytes / GiB:.1f} GiB per GPU")
@@ -211,15 +235,15 @@ def item_counts(evaluate: dict, test_items: int, val_items: int | None, bfcl_ite
 
 
 def plan_eval_jobs(shape: ModelShape, device: GPU | None, evaluate: dict, max_len: int, mean_prompt_tokens: float,
-                   counts: dict[str, int]) -> dict[str, EvalEstimate]:
-    """Every evaluation job that loads a model, sized; `device` None: CPU jobs."""
+                   counts: dict[str, int], lora: LoraSpec | None = None) -> dict[str, EvalEstimate]:
+    """Every evaluation job that loads a model, sized; `device` None: CPU jobs; `lora`: the run's LoRA / QLoRA."""
     out = {}
     for rule in EVAL_RULES:
         if rule not in counts:
             continue
         new = 0 if rule == "general_loss" else evaluate["max_new_tokens"]
         work = EvalWork(rule, counts[rule], min(mean_prompt_tokens, max_len), max_len, new)
-        out[rule] = estimate_eval_job(shape, device, work, evaluate)
+        out[rule] = estimate_eval_job(shape, device, work, evaluate, lora=lora)
     return out
 
 

@@ -1,7 +1,7 @@
 """Training FLOPs and time: what an epoch costs at a given MFU, and the MFU a measured epoch implies.
 
 Takes: a `ModelShape`, tokens per epoch, the row lengths they come in, the checkpointing flag, freeze tuning's
-trainable layers; a GPU and its count.
+trainable layers or LoRA's adapters (`adapters.LoraSpec`); a GPU and its count.
 Gives: `training_flops` -> `FlopCount`, `estimate_time` -> `TimeEstimate` (hours per epoch, GPU-hours),
 `implied_mfu` (its inverse) and `read_measured_mfu` (an epoch's metrics.json in this package's FLOP count).
 """
@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agenttune.cluster.cost.adapters import LoraSpec
 from agenttune.cluster.cost.devices import GPU, get_gpu
 from agenttune.cluster.cost.shapes import ModelShape
 from agenttune.common.config import section_with_defaults
@@ -80,7 +81,8 @@ def trainable_layers(train_cfg: dict) -> int | None:
 
 
 def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_MAX_LEN,
-                   grad_checkpointing: bool = False, trainable_layers: int | None = None) -> FlopCount:
+                   grad_checkpointing: bool = False, trainable_layers: int | None = None,
+                   lora: LoraSpec | None = None) -> FlopCount:
     """FLOPs to train on `tokens` tokens arranged in rows of `seq_len` (an int, a list of row lengths
     or a {length: rows} histogram; only its shape matters, it is rescaled to `tokens`).
 
@@ -94,8 +96,24 @@ def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_
     (2 × forward) in the trainable layers, the input gradient only (1 × forward) through the frozen lm_head, and
     nothing below. So dense = 2·N_compute·T + 4·k·N_layer·T + 2·N_lm_head·T, the attention backward and the
     recompute cover k of the layers.
+
+    LoRA and QLoRA (`lora`; every decoder layer has adapters, so the backward pass runs down to the first layer):
+    the forward is the base's plus the adapters' (2·r·(in + out) per adapted linear and token, A_f in total); the
+    backward computes input gradients through every frozen linear and the lm_head (1 × their forward) but weight
+    gradients only for the adapters (2 × the adapters' forward, with their input gradients) and for modules_to_save
+    (a weight gradient, 1 × forward, for the matrix-multiplied ones; the embedding is a lookup). So
+    dense = 4·N_compute·T + 3·A_f·T + 2·N_saved·T: about 2/3 of full tuning's 6·N·T; the attention (no weights)
+    runs its full backward in every layer, 3 × its forward as in full tuning; the recompute is one forward of the
+    decoder layers with their adapters. QLoRA's dequantization of the 4-bit weights (elementwise, once per weight
+    per forward and backward, not per token) is not counted: it is a few operations per weight per micro batch
+    against 2 per weight per token of the matmuls; on hardware it shows as a lower MFU.
     """
     attention_forward = 4 * shape.q_dim * mean_keys_per_token(seq_len) * shape.layers * tokens
+    if lora is not None:
+        adapter = lora.adapter_forward_flops_per_token(shape)
+        dense = (4 * shape.compute_params + 3 * adapter + 2 * lora.saved_linear_params(shape)) * tokens
+        recompute = ((2 * shape.decoder_params + adapter) * tokens + attention_forward) if grad_checkpointing else 0.0
+        return FlopCount(dense=dense, attention=3 * attention_forward, recompute=recompute)
     if trainable_layers is None:
         dense = 6 * shape.compute_params * tokens
         recompute = 2 * shape.decoder_params * tokens + attention_forward if grad_checkpointing else 0.0
@@ -132,25 +150,26 @@ class TimeEstimate:
 
 def estimate_time(shape: ModelShape, tokens: float, n_gpus: int, gpu: str | GPU, mfu: float = DEFAULT_MFU,
                   seq_len: SeqLens = DEFAULT_MAX_LEN, grad_checkpointing: bool = False,
-                  epochs: float = 1, trainable_layers: int | None = None) -> TimeEstimate:
+                  epochs: float = 1, trainable_layers: int | None = None,
+                  lora: LoraSpec | None = None) -> TimeEstimate:
     """time per epoch = training_flops(tokens per epoch) / (n_gpus · peak · mfu)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
-    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers).total
+    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers, lora).total
     return TimeEstimate(flops, n_gpus, get_gpu(gpu), mfu, epochs)
 
 
 def implied_mfu(shape: ModelShape, tokens: float, hours: float, n_gpus: int, gpu: str | GPU,
                 seq_len: SeqLens = DEFAULT_MAX_LEN, grad_checkpointing: bool = False,
-                trainable_layers: int | None = None) -> float:
+                trainable_layers: int | None = None, lora: LoraSpec | None = None) -> float:
     """The MFU at which `tokens` take `hours` on `n_gpus`: the inverse of `estimate_time`. The training
-    job should record this (with its own checkpointing flag) as `mfu` in metrics.json."""
-    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers).total
+    job should record this (with its own checkpointing flag, and `lora` for LoRA / QLoRA) as `mfu` in metrics.json."""
+    flops = training_flops(shape, tokens, seq_len, grad_checkpointing, trainable_layers, lora).total
     return flops / (hours * 3600 * n_gpus * get_gpu(gpu).peak_flops)
 
 
 def read_measured_mfu(path: str | Path, shape: ModelShape, seq_len: SeqLens = DEFAULT_MAX_LEN,
-                      grad_checkpointing: bool = False) -> tuple[float, str]:
+                      grad_checkpointing: bool = False, lora: LoraSpec | None = None) -> tuple[float, str]:
     """The `mfu` a training epoch recorded in metrics.json, in this module's FLOP count.
 
     A file marked `"mfu_convention": "agenttune.cost"` is taken as is. Anything else is read as
@@ -163,7 +182,7 @@ def read_measured_mfu(path: str | Path, shape: ModelShape, seq_len: SeqLens = DE
     if metrics.get("mfu_convention") == MFU_CONVENTION:
         return float(mfu), f"measured, {path}"
     n_params = metrics.get("parameters") or shape.params
-    per_token = training_flops(shape, 1, seq_len, grad_checkpointing, metrics.get("mfu_trainable_layers")).total
+    per_token = training_flops(shape, 1, seq_len, grad_checkpointing, metrics.get("mfu_trainable_layers"), lora).total
     converted = float(mfu) * per_token / (6 * n_params)
     return converted, f"measured, {path}: 6·N·T MFU {mfu:.3f} → {converted:.3f} with attention" + (
         " and recompute" if grad_checkpointing else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agenttune.cluster.cost.adapters import LoraSpec, linear_dims
 from agenttune.cluster.cost.devices import GiB
 from agenttune.cluster.cost.flops import DEFAULT_MAX_LEN
 from agenttune.cluster.cost.shapes import ModelShape
@@ -91,15 +92,24 @@ class MemoryEstimate:
     fixed_buffer: int
     cpu_per_node: int   # DeepSpeed's ZeRO-3 cpu_mem
     largest_layer_params: int
+    # LoRA / QLoRA only (None otherwise): the parts of model_states on each GPU, the frozen base's share and the
+    # trainable adapter's (weights, gradients, optimizer states), and the adapters' own activations.
+    frozen_base: int | None = None
+    adapter_states: int | None = None
+    adapter_activations: int | None = None
 
     @property
     def per_gpu(self) -> int:
         return self.model_states + self.activations + self.logits + self.fixed_buffer
 
     def breakdown_gib(self) -> dict[str, float]:
-        return {"model_states": self.model_states / GiB, "activations": self.activations / GiB,
-                "logits": self.logits / GiB, "fixed_buffer": self.fixed_buffer / GiB,
-                "total_per_gpu": self.per_gpu / GiB, "cpu_per_node": self.cpu_per_node / GiB}
+        out = {"model_states": self.model_states / GiB, "activations": self.activations / GiB,
+               "logits": self.logits / GiB, "fixed_buffer": self.fixed_buffer / GiB,
+               "total_per_gpu": self.per_gpu / GiB, "cpu_per_node": self.cpu_per_node / GiB}
+        if self.frozen_base is not None:  # full and freeze tuning keep their columns as they were
+            out |= {"frozen_base": self.frozen_base / GiB, "adapter_states": self.adapter_states / GiB,
+                    "adapter_activations": self.adapter_activations / GiB}
+        return out
 
 
 def estimate_memory_zero3(shape: ModelShape, n_gpus: int, n_nodes: int = 1, offload_optimizer: bool = False,
@@ -122,4 +132,82 @@ def estimate_memory_zero3(shape: ModelShape, n_gpus: int, n_nodes: int = 1, offl
         fixed_buffer=FIXED_BUFFER_BYTES,
         cpu_per_node=cpu,
         largest_layer_params=shape.largest_layer_params,
+    )
+
+
+def lora_model_states_mem(shape: ModelShape, lora: LoraSpec, num_gpus_per_node: int = 1, num_nodes: int = 1,
+                          cpu_offload: bool = False, cpu_offload_params: bool = False, dtype_bytes: int = 2,
+                          additional_buffer_factor: float = ZERO3_CPU_BUFFER_FACTOR) -> tuple[int, int, int, int, int]:
+    """(cpu bytes per node, gpu bytes per GPU, largest layer bytes, frozen base bytes per GPU, adapter bytes per GPU)
+    for LoRA / QLoRA under ZeRO-3: DeepSpeed's estimator with the parameters split into a frozen base and A
+    trainable parameters (the adapters + modules_to_save):
+
+      base  = N · dtype_bytes (LoRA), or the 4-bit base with its constants (QLoRA; LoraSpec.base_bytes)
+      largest = 2 · P_L   (the gathered 16-bit weights of the largest module; a frozen module has no gradient)
+                + 2 · P_L when modules_to_save trains a module that large (embed_tokens, lm_head): its gradient
+      no offload:          gpu = largest + (base + 18·A) / gpus          cpu = 1.5 · 4 · P_L · gpus_per_node
+      optimizer offload:   gpu = largest + (base + 2·A) / gpus           cpu = 1.5 · 16 · A / nodes
+      + param offload:     gpu = largest                                 cpu = 1.5 · (base + 18·A) / nodes
+
+    ZeRO-3 partitions every parameter, frozen or not (zero.Init does not look at requires_grad), so the frozen base
+    is split over the GPUs like the trainable part; for QLoRA the 4-bit weights are packed into bf16 storage
+    (bnb_4bit_quant_storage) precisely so that ZeRO-3 can partition them. Only the trainable parameters have
+    gradients (4 bytes, fp32) and Adam states (12 bytes: fp32 master weights, m and v): 18 bytes with their 16-bit
+    copy, as DeepSpeed counts a trainable parameter (PEFT keeps adapters in fp32 without DeepSpeed: 16 bytes, so 18
+    is the upper figure)."""
+    total_gpus = num_gpus_per_node * num_nodes
+    base = lora.base_bytes(shape, dtype_bytes)
+    trainable = lora.trainable_params(shape)
+    saves_largest = any(m in ("embed_tokens", "lm_head") for m in lora.modules_to_save) and (
+        shape.vocab * shape.hidden >= shape.largest_layer_params)
+    largest = 2 * shape.largest_layer_params * (2 if saves_largest else 1)
+    if cpu_offload and cpu_offload_params:
+        gpu_base, gpu_adapter = 0, 0
+        cpu = (base + 18 * trainable) / num_nodes * additional_buffer_factor
+    elif cpu_offload:
+        gpu_base, gpu_adapter = base / total_gpus, 2 * trainable / total_gpus
+        cpu = 16 * trainable / num_nodes * additional_buffer_factor
+    else:
+        gpu_base, gpu_adapter = base / total_gpus, 18 * trainable / total_gpus
+        cpu = shape.largest_layer_params * 4 * num_gpus_per_node * additional_buffer_factor
+    gpu = largest + int(gpu_base) + int(gpu_adapter)
+    return int(cpu), gpu, largest, int(gpu_base), int(gpu_adapter)
+
+
+def lora_activation_bytes(shape: ModelShape, lora: LoraSpec, seq_len: int, grad_checkpointing: bool,
+                          micro_batch: int = 1, dtype_bytes: int = 2) -> int:
+    """What the adapters keep for backward on top of the base's activations (which LoRA leaves as they are: the
+    forward is the same and the input gradients still flow through every frozen layer). Per adapted linear and
+    token: lora_B's input, r values; with dropout > 0 also lora_A's input, the dropped-out copy of x (in values,
+    PEFT applies the dropout per adapter) and its mask (1 byte each). With dropout 0, lora_A's input is the base
+    layer's own input, already counted. Per layer, all layers, or one rebuilt layer with checkpointing."""
+    per_token_layer = 0
+    for in_dim, _ in linear_dims(shape, lora.target_modules):
+        per_token_layer += lora.rank * dtype_bytes
+        if lora.dropout > 0:
+            per_token_layer += in_dim * (dtype_bytes + 1)
+    layers = 1 if grad_checkpointing else shape.layers
+    return micro_batch * seq_len * layers * per_token_layer
+
+
+def estimate_memory_lora(shape: ModelShape, lora: LoraSpec, n_gpus: int, n_nodes: int = 1,
+                         offload_optimizer: bool = False, offload_params: bool = False,
+                         seq_len: int = DEFAULT_MAX_LEN, grad_checkpointing: bool = False, micro_batch: int = 1,
+                         dtype_bytes: int = 2, flash_attn: bool = True) -> MemoryEstimate:
+    """Per-GPU bytes of LoRA / QLoRA training under ZeRO-3: `lora_model_states_mem` + the base's activations +
+    the adapters' (`lora_activation_bytes`) + the loss buffers + the fixed buffer, as for full tuning."""
+    if n_gpus < 1 or n_nodes < 1 or n_gpus % n_nodes:
+        raise ValueError(f"{n_gpus} GPUs do not split evenly over {n_nodes} nodes")
+    cpu, gpu, _, base, adapter = lora_model_states_mem(shape, lora, n_gpus // n_nodes, n_nodes, offload_optimizer,
+                                                       offload_params, dtype_bytes)
+    adapter_act = lora_activation_bytes(shape, lora, seq_len, grad_checkpointing, micro_batch, dtype_bytes)
+    return MemoryEstimate(
+        model_states=gpu,
+        activations=activation_bytes(shape, seq_len, grad_checkpointing, micro_batch, dtype_bytes, flash_attn)
+        + adapter_act,
+        logits=micro_batch * seq_len * shape.vocab * LOGITS_BYTES_PER_ELEMENT,
+        fixed_buffer=FIXED_BUFFER_BYTES,
+        cpu_per_node=cpu,
+        largest_layer_params=shape.largest_layer_params,
+        frozen_base=base, adapter_states=adapter, adapter_activations=adapter_act,
     )

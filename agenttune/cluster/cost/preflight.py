@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from agenttune.cluster.cost.adapters import LoraSpec, lora_spec
 from agenttune.cluster.cost.devices import GiB, get_gpu
 from agenttune.cluster.cost.fit import DEFAULT_NODE_MEMORY_BYTES, Plan, Verdict, preflight
 from agenttune.cluster.cost.flops import read_measured_mfu
@@ -21,9 +22,10 @@ from agenttune.cluster.cost.tables import plan_rows
 def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int, max_len: int,
                  grad_checkpointing: bool = False, offload_optimizer: bool = False,
                  offload_params: bool = False, model_name: str | None = None,
-                 trainable_layers: int | None = None) -> Plan:
+                 trainable_layers: int | None = None, lora: LoraSpec | None = None) -> Plan:
     """The Plan of one pipeline run: model shape from its config.json, tokens per epoch from the shards manifest,
-    devices and limits from the run config's `compute` section, MFU measured (a metrics.json) when given."""
+    devices and limits from the run config's `compute` section, MFU measured (a metrics.json) when given; `lora`:
+    LoRA / QLoRA (`adapters.lora_spec` of the run config's `train` section)."""
     shape = ModelShape.from_hf_config(model_config, name=model_name)
     gpu = get_gpu(compute["device"], compute.get("device_peak_flops"), compute.get("device_memory_gib"))
     tokens = float(manifest.get("total_tokens") or 0)
@@ -35,9 +37,9 @@ def plan_for_run(model_config: dict, manifest: dict, compute: dict, epochs: int,
                 grad_checkpointing, offload_optimizer or offload_params, offload_params,
                 time_limit_hours=compute.get("time_limit_hours"),
                 node_memory_bytes=int(compute.get("node_memory_gib", DEFAULT_NODE_MEMORY_BYTES / GiB) * GiB),
-                trainable_layers=trainable_layers)
+                trainable_layers=trainable_layers, lora=lora)
     if compute.get("mfu_metrics"):
-        mfu, source = read_measured_mfu(compute["mfu_metrics"], shape, plan.lengths, grad_checkpointing)
+        mfu, source = read_measured_mfu(compute["mfu_metrics"], shape, plan.lengths, grad_checkpointing, lora)
         return replace(plan, mfu=mfu, mfu_source=source)
     if compute.get("mfu"):
         return replace(plan, mfu=float(compute["mfu"]), mfu_source=compute.get("mfu_source", "given in config"))
@@ -64,10 +66,12 @@ def bfcl_item_count(bfcl: dict) -> int:
 
 
 def eval_jobs_for_run(model_config: dict | ModelShape, manifest: dict, compute: dict, evaluate: dict,
-                      test_items: int, val_items: int | None, model_name: str | None = None) -> tuple[dict, list[str]]:
+                      test_items: int, val_items: int | None, model_name: str | None = None,
+                      train: dict | None = None) -> tuple[dict, list[str]]:
     """The sized evaluation jobs of one run ({rule: EvalEstimate}) and the problems that refuse it. GPU jobs when
     `compute.device` is a GPU (the paper configs), else CPU jobs. `model_config`: the base model's config.json, or
-    its shape."""
+    its shape. `train`: the run config's `train` section (its `tuning` and `lora`): an unmerged LoRA / QLoRA
+    epoch is evaluated as base + adapter (a 4-bit base for QLoRA)."""
     from agenttune.cluster.cost.evaluation import eval_problems, item_counts, plan_eval_jobs
     from agenttune.common.config import section_with_defaults
 
@@ -82,5 +86,5 @@ def eval_jobs_for_run(model_config: dict | ModelShape, manifest: dict, compute: 
     mean = sum(int(k) * int(c) for k, c in lengths.items()) / n if n else manifest["max_len"]
     bfcl = bfcl_item_count(evaluate["bfcl"]) if evaluate.get("bfcl") else None
     counts = item_counts(evaluate, test_items, val_items, bfcl)
-    jobs = plan_eval_jobs(shape, device, evaluate, manifest["max_len"], mean, counts)
+    jobs = plan_eval_jobs(shape, device, evaluate, manifest["max_len"], mean, counts, lora_spec(train))
     return jobs, eval_problems(jobs, compute.get("time_limit_hours"))

@@ -131,6 +131,12 @@ PRESETS: dict[str, ModelShape] = {
     # Qwen/Qwen2.5-14B, in case the seed's "14B" meant the Qwen2 generation: 14,770,033,664 parameters.
     "qwen2.5-14b": ModelShape("qwen2.5-14b", layers=48, hidden=5120, intermediate=13824, heads=40, kv_heads=8,
                               vocab=152064, qkv_bias=True),
+    # Qwen/Qwen2.5-7B(-Instruct): 7,615,616,512 parameters ("7.61B"); config/agenttune-7b-lora.yaml's base.
+    "qwen2.5-7b": ModelShape("qwen2.5-7b", layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4,
+                             vocab=152064, qkv_bias=True),
+    # meta-llama/Llama-3.1-70B(-Instruct): 70,553,706,496 parameters ("70.6B"); config/agenttune-70b-qlora.yaml's base.
+    "llama3.1-70b": ModelShape("llama3.1-70b", layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8,
+                               vocab=128256),
     # Qwen/Qwen2-72B: 72,706,203,648 parameters.
     "qwen2-72b": ModelShape("qwen2-72b", layers=80, hidden=8192, intermediate=29568, heads=64, kv_heads=8,
                             vocab=152064, qkv_bias=True),

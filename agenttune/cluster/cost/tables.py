@@ -46,6 +46,9 @@ def plan_rows(verdict: Verdict) -> list[dict]:
         rows.append({"config": label, "model": p.shape.name, "params": p.shape.params, "gpus": p.n_gpus,
                      "nodes": p.n_nodes, "gpu": p.gpu.name, "max_len": p.max_len,
                      "trainable_layers": "all" if p.trainable_layers is None else p.trainable_layers,
+                     # LoRA / QLoRA only, so that full and freeze tables stay as they were
+                     **({"tuning": p.lora.method, "lora_rank": p.lora.rank,
+                         "trainable_params": p.lora.trainable_params(p.shape)} if p.lora is not None else {}),
                      "checkpointing": p.grad_checkpointing, "offload_optimizer": p.offload_optimizer,
                      "offload_params": p.offload_params, "mfu": p.mfu, "mfu_source": p.mfu_source,
                      "tflops_per_epoch": round(v.time.flops_per_epoch / 1e12),
