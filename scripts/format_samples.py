@@ -27,5 +27,13 @@ with stage_log(snakemake.log[0]) as log:
         r = stats["ratio"][split]
         log(f"{split}: {c.get('samples', 0)} samples, positives:negatives {r['achieved']}"
             + (f", agent share {stats['eta'][split]['achieved']}" if split in stats["eta"] else ""))
+    if "augment" in stats:
+        augment = stats["augment"]
+        for split in ("train", "val"):
+            irrelevant = augment["irrelevance"].get(split)
+            log(f"{split} augmented: {augment['name_masking'][split]['traces']} traces masked, "
+                f"{augment['shuffle_tools'][split]['traces']} shuffled"
+                + (f", {irrelevant['copies']} of {irrelevant['target']} irrelevance copies "
+                   f"({irrelevant['no_tools_left']} tool traces would keep no tool)" if irrelevant else ""))
     log(f"contamination: {stats['contamination']['items_overlapping']} of {stats['contamination']['items']} test "
         f"items share a {stats['contamination']['ngram']}-gram with training text")
