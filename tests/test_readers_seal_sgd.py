@@ -409,3 +409,20 @@ def test_sgd_unreadable_source_stops_ingest(tmp_path, files, schema, message):
     folder = sgd_folder(tmp_path, files, schema)
     with pytest.raises(IngestError, match=f"source 'sgd' \\(sgd\\) .*{message}"):
         run(tmp_path, SourceSpec("sgd", str(folder), "sgd"))
+
+
+def test_both_readers_ingest_byte_identically_twice(tmp_path):
+    seal = seal_folder(tmp_path, [seal_query("dev-easy-0", ("getWeather", {"city": "Oslo", "days": "2"})),
+                                  seal_query("dev-easy-1", ("getForecast", {"city": "Oslo"}))])
+    dialogue = sgd_dialogue("1_00000", user("Weather in Oslo?"), system("Zero.", call={"city": "Oslo"}, rows=ROWS))
+    sgd_dir = sgd_folder(tmp_path, {"dialogues_002.json": [dialogue], "dialogues_001.json": ["not a dialogue"]})
+    outputs = []
+    for attempt in ("first", "second"):
+        out = tmp_path / attempt
+        out.mkdir()
+        run(out, SourceSpec("seal", str(seal), "seal_tools"), SourceSpec("sgd", str(sgd_dir), "sgd"))
+        outputs.append([(out / name).read_bytes() for name in ("out.jsonl", "quarantine.jsonl", "stats.json")])
+    assert outputs[0] == outputs[1]
+    quarantine = [json.loads(line) for line in outputs[0][1].decode().splitlines()]
+    # Files in name order: dialogues_001.json before dialogues_002.json.
+    assert [(Path(e["path"]).name, e["line"]) for e in quarantine] == [("dev.jsonl", 2), ("dialogues_001.json", 1)]
