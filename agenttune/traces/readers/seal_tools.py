@@ -54,8 +54,10 @@ FORMAT = "seal_tools"
 
 TOOL_FILE = "tool.jsonl"
 NOT_QUERY_FILES = (TOOL_FILE, "field.jsonl")  # field.jsonl is Seal-Tools' domain taxonomy, not queries
-# Where records() puts the joined tool definitions in each record: {api name: (tool.jsonl line, definition)}.
+# Where records() puts, in each record, the tool definitions to join ({api name: (tool.jsonl line, definition)})
+# and the query file's stem (Seal-Tools' split: dev, test_in_domain, ...).
 TOOLS_KEY = "_seal_tools"
+SPLIT_KEY = "_seal_split"
 
 JSON_SCHEMA_TYPES = {
     "str": "string",
@@ -86,7 +88,7 @@ def records(path: Path) -> Iterator[RawRecord]:
     for file in query_files:
         for record in jsonl_records(file):
             if isinstance(record.data, dict):
-                record = record._replace(data={**record.data, TOOLS_KEY: tools, "_split": file.stem})
+                record = record._replace(data={**record.data, TOOLS_KEY: tools, SPLIT_KEY: file.stem})
             if path.is_dir():
                 # Several files: a record without an id of its own is named by file and line, as read_path does.
                 record = record._replace(path=str(file), raw_id=record.raw_id or f"{file.stem}#{record.line}")
@@ -229,8 +231,8 @@ def to_trace(record_data: object, source: str) -> dict:
 
     raw_id = record.get("id")
     meta = {"task": "seal_tools", "kind": "tool"}
-    if isinstance(record.get("_split"), str):
-        meta["split"] = record["_split"]
+    if isinstance(record.get(SPLIT_KEY), str):
+        meta["split"] = record[SPLIT_KEY]
     level = raw_id.split("-")[-2] if isinstance(raw_id, str) and raw_id.count("-") >= 2 else None
     if level in ("easy", "difficult"):
         meta["level"] = level
