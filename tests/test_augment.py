@@ -405,3 +405,13 @@ def test_real_traces_mask_validate_and_differ_only_in_names(tmp_path):
             copies += 1
     assert validated > 100 and copies > 0
     assert mentions > 0  # ToolBench's thoughts name the function they call: replaced with the masked name
+
+
+def test_irrelevance_target_is_exact():
+    from agenttune.data.mix import irrelevance_target
+
+    # copies / (T + copies) = share, rounded half up with exact fractions (0.2 is 1/5, not 0.2000000000000000111).
+    assert [irrelevance_target(t, 0.1) for t in (0, 4, 5, 9, 144)] == [0, 0, 1, 1, 16]
+    assert irrelevance_target(10, 0.5) == 10 and irrelevance_target(3, 0.2) == 1 and irrelevance_target(2, 0.2) == 1
+    with pytest.raises(ValueError):
+        irrelevance_target(10, 1.0)

@@ -471,7 +471,7 @@ class _Stage:
             negatives = fixed + per_negative * (take["user"] + take["no_tool"] + take["mined"])
             # Irrelevance copies come on top of the ratio's negatives: `share` of the tool traces after
             # augmentation, at most one copy per trace (a shortfall shows as copies < target).
-            copies = 0
+            copies = candidates = 0
             if self.irrelevance_share and split != "test":
                 tool_traces = self.tool_traces[split]
                 candidates = self._one("SELECT count(*) FROM irr WHERE split = ?", si)
@@ -481,7 +481,7 @@ class _Stage:
                                                 "candidates": candidates, "no_tools_left": self.no_tools_left[split],
                                                 "copies": copies, "samples": copies * per_negative}
             self.irrelevance_threshold[split] = self._smallest(
-                "SELECT u FROM irr WHERE split = ? ORDER BY u", (si,), copies, copies)
+                "SELECT u FROM irr WHERE split = ? ORDER BY u", (si,), candidates, copies)
             plan = {"positives": p, "negatives": negatives, "target_negatives": target,
                     "taken": {"fixed": fixed, **{k: take[k] for k in NEGATIVE_KINDS}},
                     "available": available, "hardest_scores": [round(s, 4) for s in top]}
@@ -660,7 +660,7 @@ def format_samples(trace_paths: list[str | Path], out_dir: str | Path, cfg: dict
     # Library callers may pass only what they set: the schema's defaults fill the rest (agenttune.common.config).
     cfg = {**cfg, "split": section_with_defaults(cfg["split"], "split"),
            "format": section_with_defaults(cfg["format"], "format")}
-    renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log)
+    renderers = make_renderers(tokenizer, cfg["format"]["chat_template_tools"], log, cfg["format"]["reasoning_loss"])
     # The three split files replace earlier ones only when everything below has passed (atomic_write).
     with ExitStack() as outputs, Scratch(out_dir) as scratch:
         targets = {split: outputs.enter_context(atomic_write(out_dir / f"{split}.jsonl")) for split in SPLITS}
