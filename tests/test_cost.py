@@ -594,3 +594,28 @@ def test_cli_lora_plan_and_seed_table_columns(tmp_path):
     assert bad.returncode == 2 and "--tuning" in bad.stderr
     two = run_cli("--model", "qwen2.5-7b", "--tokens", "1e6", "--tuning", "lora,qlora")
     assert two.returncode == 2 and "one of full, lora, qlora for a plan" in two.stderr
+
+
+def test_lora_adapter_count_agrees_with_peft():
+    """The installed PEFT's trainable parameters for the same shapes (built on the meta device: no memory, no
+    weights): all-linear at Qwen2.5-7B's real shape, a target list, and modules_to_save."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    def peft_trainable(config, **lora):
+        with torch.device("meta"):
+            model = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(**lora))
+            return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    qwen = Qwen2Config(num_hidden_layers=28, hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)
+    assert ModelShape.from_hf_config(qwen.to_dict()).params == PRESETS["qwen2.5-7b"].params
+    assert peft_trainable(qwen, r=16, target_modules="all-linear") == 40_370_176
+    small = LlamaConfig(num_hidden_layers=3, hidden_size=64, intermediate_size=160, num_attention_heads=8,
+                        num_key_value_heads=2, vocab_size=500, tie_word_embeddings=False)
+    shape = ModelShape.from_hf_config(small.to_dict())
+    spec = LoraSpec(rank=4, target_modules=("q_proj", "v_proj", "down_proj"), modules_to_save=("lm_head",))
+    assert peft_trainable(small, r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                          modules_to_save=["lm_head"]) == spec.trainable_params(shape)
