@@ -33,8 +33,7 @@ def load_placed_model(model_dir, precision: str, attn_implementation: str, log=p
     """The causal LM of `model_dir` placed as the module docstring says, in eval mode. `attn_implementation`
     is a transformers name (or a registered custom one); `auto` and an explicit `flash_attention_2` go through the
     same choice as training (an explicit flash_attention_2 that cannot run is an error naming `key`)."""
-    from transformers import AutoModelForCausalLM
-
+    from agenttune.train.checkpoint import load_model
     from agenttune.train.trainer import pick_attn_implementation
 
     dtype = evaluation_dtype(precision)
@@ -44,8 +43,10 @@ def load_placed_model(model_dir, precision: str, attn_implementation: str, log=p
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if gpus > 1:
         kwargs["device_map"] = "auto"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if gpus <= 1:
+    # An epoch of lora/qlora tuning loads as base + adapter, or its merged folder (agenttune.train.checkpoint).
+    model, source = load_model(model_dir, log, **kwargs)
+    model._agenttune_weights = source.describe()
+    if gpus <= 1 and not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit base is placed by bitsandbytes
         model = model.to("cuda" if gpus else "cpu")
     model.eval()
     log(f"model {model_dir}: {dtype_name(dtype)}, attention {attn_implementation}, on {', '.join(devices(model))}")
@@ -66,6 +67,7 @@ def run_info(model, engine: str) -> dict:
     """How a number was produced: engine, dtype, attention implementation, devices (with the GPU's name)."""
     info = {"engine": engine, "dtype": dtype_name(next(model.parameters()).dtype),
             "attn_implementation": model.config._attn_implementation, "devices": devices(model)}
+    info.update(getattr(model, "_agenttune_weights", None) or {})  # adapter or merged (lora/qlora epochs)
     cuda = [d for d in info["devices"] if d.startswith("cuda")]
     if cuda:
         info["gpu"] = torch.cuda.get_device_name(torch.device(cuda[0]))

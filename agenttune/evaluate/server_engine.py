@@ -108,12 +108,15 @@ def _request(url: str, body: dict | None, timeout: float) -> dict:
 class ServerProcess:
     """The server as a context manager: started on enter (ready when `/v1/models` answers), stopped on exit."""
 
-    def __init__(self, argv: list[str], port: int, log_path: str | Path, ready_timeout_s: float, log=print):
+    def __init__(self, argv: list[str], port: int, log_path: str | Path, ready_timeout_s: float, log=print,
+                 served_name: str | None = None):
         self.argv, self.port, self.log_path = argv, port, Path(log_path)
         self.ready_timeout_s, self.log = ready_timeout_s, log
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.proc: subprocess.Popen | None = None
         self.model_name: str | None = None
+        # A LoRA adapter served beside its base (vLLM --lora-modules NAME=PATH): requests name the adapter.
+        self.served_name = served_name
 
     def __enter__(self) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,11 @@ class ServerProcess:
                                   f"its log ({self.log_path}):\n{self.log_tail()}")
             try:
                 models = _request(f"{self.base_url}/models", None, timeout=5)
-                self.model_name = models["data"][0]["id"]
+                ids = [m["id"] for m in models["data"]]
+                if self.served_name is not None and self.served_name not in ids:
+                    raise ServerError(f"the server does not list the adapter {self.served_name!r} (it lists "
+                                      f"{', '.join(ids)}); the end of its log ({self.log_path}):\n{self.log_tail()}")
+                self.model_name = self.served_name or ids[0]
                 self.log(f"server ready after {time.monotonic() - start:.1f} s, model {self.model_name!r}")
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, KeyError, IndexError,
@@ -224,11 +231,48 @@ def generate_with_server(model_dir, prompts: list[str], stops: list[tuple], max_
                          precision: str, seed: int, log_path, log=print) -> tuple[list[Generation], dict]:
     """Start the server on `model_dir`, generate for every prompt, stop the server. Returns the generations in
     prompt order and how they were made (for predict.json)."""
+    from agenttune.train.checkpoint import resolve_model
+
     port = free_port()
-    argv, values = server_argv(server_cfg["command"], model_dir, port, precision, seed)
-    with ServerProcess(argv, port, log_path, server_cfg["ready_timeout_s"], log) as server:
+    source = resolve_model(model_dir)
+    served_name, weights = None, source.describe()
+    if source.kind == "adapter" and is_vllm(server_cfg["command"]):
+        argv, values = server_argv(server_cfg["command"], source.weights_dir, port, precision, seed)
+        served_name = adapter_name(model_dir)
+        argv += vllm_lora_arguments(source, served_name)
+        weights["adapter_merged_in_memory"] = False  # vLLM applies the adapter per request
+    else:
+        # A merged epoch is served from merged/; the project's own server loads base + adapter itself.
+        served = source.weights_dir if source.kind == "merged" else model_dir
+        argv, values = server_argv(server_cfg["command"], served, port, precision, seed)
+    with ServerProcess(argv, port, log_path, server_cfg["ready_timeout_s"], log, served_name) as server:
         results = generate_all(server, prompts, stops, max_new_tokens, server_cfg["concurrency"],
                                server_cfg["request_timeout_s"], log)
         info = {"engine": "server", "server_command": server_cfg["command"], "served_model": server.model_name,
-                "dtype": "bf16" if values["dtype"] == "bfloat16" else "fp32", "gpus": values["gpus"]}
+                "dtype": "bf16" if values["dtype"] == "bfloat16" else "fp32", "gpus": values["gpus"], **weights}
     return results, info
+
+
+def is_vllm(command: str) -> bool:
+    """Whether `evaluate.server.command` starts vLLM (`vllm serve ...`, `python -m vllm.entrypoints...`)."""
+    return any(Path(part).name == "vllm" or part.startswith("vllm.") for part in shlex.split(command))
+
+
+def adapter_name(model_dir) -> str:
+    """The name an epoch's adapter is served under: its folder name (epoch-2)."""
+    return Path(model_dir).resolve().name
+
+
+def vllm_lora_arguments(source, name: str) -> list[str]:
+    """vLLM's arguments to serve an unmerged adapter beside its base: --enable-lora, --lora-modules NAME=PATH,
+    --max-lora-rank (vLLM refuses an adapter whose rank exceeds it, and accepts only the values of its
+    vllm/config/lora.py MaxLoRARanks: the rank is rounded up to one of those); a QLoRA base is loaded in 4 bits by
+    vLLM's bitsandbytes support."""
+    rank = int(source.lora["rank"]) if source.lora else 16
+    allowed = [1, 8, 16, 32, 64, 128, 256, 320, 512]
+    max_rank = next((r for r in allowed if r >= rank), rank)
+    args = ["--enable-lora", "--lora-modules", f"{name}={Path(source.adapter_dir).resolve()}",
+            "--max-lora-rank", str(max_rank)]
+    if source.tuning == "qlora":
+        args += ["--quantization", "bitsandbytes"]
+    return args

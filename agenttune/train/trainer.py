@@ -36,6 +36,7 @@ from agenttune.common.manifest import sha256_file, write_manifest
 from agenttune.tokenize.encoder import IGNORE_INDEX
 from agenttune.tokenize.load import load_shards
 from agenttune.tokenize.pack import make_collator, padding_id
+from agenttune.train import lora
 from agenttune.train import step_checkpoints as steps
 
 
@@ -379,6 +380,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     if not is_main:
         log = lambda msg: None  # noqa: E731  (rank 0 speaks for the job)
     use_deepspeed = bool(cfg.get("deepspeed"))
+    lora.check_config(cfg, log)  # a qlora job without a GPU or bitsandbytes fails here, before anything is loaded
     if resume_from is not None:
         ds.check_resumable(resume_from, use_deepspeed, world_size)
     if is_main and work_dir.exists():
@@ -434,11 +436,20 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         if lowest != highest:  # e.g. a shared filesystem that showed a new step folder to some nodes only
             raise RuntimeError(f"the ranks chose different step checkpoints in {steps_root} (global steps {lowest} "
                                f"to {highest}; -1 = none): refusing to train from inconsistent states")
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn)
-    # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size.
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    load_kwargs = {}
+    if cfg["tuning"] == "qlora":
+        load_kwargs = {"quantization_config": lora.quantization_config(cfg["lora"], use_deepspeed),
+                       "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn,
+                                                 **load_kwargs)
+    # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size. A 4-bit parameter
+    # packs two values per element.
+    n_params = sum(getattr(p, "ds_numel", p.numel()) * (2 if getattr(p, "quant_state", None) is not None else 1)
+                   for p in model.parameters())
     if cfg["tuning"] == "freeze":
         freeze_lower_layers(model, cfg["freeze_trainable_layers"])
+    if lora.is_peft(cfg):
+        model = lora.apply_lora(model, cfg, base_model_dir, seed, grad_ckpt, log)
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if ds_config and hasattr(next(model.parameters()), "ds_numel"):
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
@@ -479,7 +490,8 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     ckpt = checkpoints[-1]
     if ds_config:
         (ckpt / ds.CONFIG_NAME).write_text(json.dumps(ds_config, indent=2, sort_keys=True) + "\n")
-        if not ds.has_plain_weights(ckpt):
+        # An adapter epoch's weights are its adapter (saved gathered by the Trainer), not a full model to export.
+        if not ds.has_plain_weights(ckpt) and not (ckpt / lora.ADAPTER_WEIGHTS).is_file():
             log("exporting the ZeRO checkpoint to plain safetensors")
             ds.export_zero_checkpoint(ckpt)
     state = trainer.state
@@ -511,6 +523,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "peak_memory_bytes": peak_mem,  # the largest over the ranks
         "parameters": n_params,
         "trainable_parameters": n_trainable,
+        "tuning": cfg["tuning"],
         "device": "cuda" if on_gpu else "cpu",
         "world_size": world_size,
         "deepspeed_stage": 3 if ds_config else None,
@@ -521,6 +534,21 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
                        grad_ckpt, log,
                        trainable_layers(cfg)),
     }
+    if lora.is_peft(cfg):
+        if not (ckpt / lora.ADAPTER_WEIGHTS).is_file():
+            raise RuntimeError(f"{cfg['tuning']} epoch {epoch}: the Trainer saved no {lora.ADAPTER_WEIGHTS} in {ckpt}")
+        merge, why = lora.merge_decision(cfg["tuning"], cfg["lora"]["merge"], n_params)
+        log(why)
+        if merge:
+            if ds_config:
+                # Training is over: the merge loads the whole base on rank 0, not into ZeRO-3 partitions.
+                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+                unset_hf_deepspeed_config()
+            lora.merge_adapter_into_base(base_model_dir, ckpt, ckpt / lora.MERGED_DIR, tokenizer, log)
+        targets = sorted(model.peft_config["default"].target_modules)
+        metrics["lora"] = lora.record(cfg, targets, base_model_dir, n_trainable, merge, why, out_dir)
+        lora.write_record(ckpt, metrics["lora"])
     (ckpt / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     _write_epoch_manifest(ckpt, base_model_dir, shard_paths, resume_from, cfg, seed, epoch, world_size)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -542,7 +570,10 @@ def _write_epoch_manifest(folder: Path, base_model_dir, shard_paths, resume_from
     if resume_from is not None:
         prev = Path(resume_from) / "manifest.json"
         inputs["previous_epoch"] = prev if prev.is_file() else Path(resume_from) / "trainer_state.json"
+    # An adapter epoch: the adapter and, when merged, the merged model's weights.
     weights = sorted(p.name for p in folder.glob("model*.safetensors"))
+    weights += [p.name for p in folder.glob("adapter_model.safetensors")]
+    weights += sorted(f"merged/{p.name}" for p in folder.glob("merged/model*.safetensors"))
     write_manifest(folder / "manifest.json", "train_epoch", inputs,
                    {"train": cfg, "seed": seed, "epoch": epoch, "world_size": world_size},
                    outputs={name: sha256_file(folder / name) for name in weights})
