@@ -5,7 +5,8 @@ the Trainer, the collators, pick_attn_implementation and training_precision as a
   weights;
 - a packed row's first-step loss equals that of the same two samples as a padded batch (fp32 tight, bf16 loose),
   next to the loss of the same row with the boundary ignored, which shows what the tolerance can tell apart;
-- LoRA steps, once `train.tuning: lora` exists (issue 21);
+- LoRA steps (merged epoch) and QLoRA steps on a 4-bit base (adapter epoch; skips without CUDA or bitsandbytes),
+  each epoch loaded again as evaluation loads it (agenttune.train.checkpoint);
 - throughput: bf16 vs fp32 tokens/s on the same shards after a warm-up run, and the bf16 run's MFU.
 """
 
@@ -166,49 +167,85 @@ def test_packed_row_first_step_loss_equals_the_padded_batch(tmp_path, pair_model
 # --------------------------------------------------------------------------- LoRA (issue 21)
 
 
-def _lora_available() -> str | None:
-    import importlib.util
-
-    from agenttune.common.config import section_schema
-
-    if "lora" not in section_schema("train")["properties"]["tuning"].get("enum", []):
-        return "train.tuning: lora not implemented yet (issue 21)"
-    if importlib.util.find_spec("peft") is None:
-        return "peft is not installed"
-    return None
-
-
-def test_lora_steps_lower_the_loss(tmp_path, base_model_dir, gpu_tokenizer, measurements):
-    why = _lora_available()
-    if why:
-        pytest.skip(why)
+def _repeated_shard(tmp_path, gpu_tokenizer):
     rng = random.Random(suite.SEED)
     ids, labels = suite.random_row(rng, suite.SIZES["repeat_len"], len(gpu_tokenizer))
     shard = suite.write_rows(tmp_path / "shards" / "train-0.parquet",
                              [(f"rep-{i:02d}", ids, labels) for i in range(suite.SIZES["repeat_rows"])])
+    return shard, ids, labels
+
+
+def _loss_of_loaded_epoch(out, ids, labels) -> tuple[float, dict]:
+    """The epoch folder loaded as evaluation loads it (agenttune.train.checkpoint: merged/, or base + adapter)."""
+    from agenttune.train.checkpoint import load_model
+
+    kwargs = {"dtype": torch.float32}
+    model, source = load_model(out, log=suite.Log("load: "), **kwargs)
+    if not getattr(model, "is_loaded_in_4bit", False):
+        model = model.to(suite.DEVICE)
+    model.eval()
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([ids], device=suite.DEVICE),
+                     labels=torch.tensor([labels], device=suite.DEVICE)).loss.item()
+    del model
+    suite.free_memory()
+    return loss, source.describe()
+
+
+def test_lora_steps_lower_the_loss(tmp_path, base_model_dir, gpu_tokenizer, measurements):
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        pytest.skip("peft is not installed (envs/train-gpu.yaml pins peft==0.21.2)")
+    shard, ids, labels = _repeated_shard(tmp_path, gpu_tokenizer)
     out = tmp_path / "epoch-1"
     cfg = dict(suite.TRAIN_CFG, tuning="lora")
     metrics = _train(base_model_dir, [shard], out, cfg, suite.Log("lora: "), suite.compute())
     curve = _curve(metrics)
+    loaded_loss, weights = _loss_of_loaded_epoch(out, ids, labels)
     measurements.record("lora_steps", {k: metrics.get(k) for k in (
-        "precision", "attn_implementation", "parameters", "trainable_parameters", "tokens_per_s", "mfu")}
-        | {"loss": curve, "files": sorted(p.name for p in out.iterdir())})
+        "precision", "attn_implementation", "parameters", "trainable_parameters", "tokens_per_s", "mfu",
+        "peak_memory_bytes")} | {"loss": curve, "files": sorted(p.name for p in out.iterdir()),
+                                 "reloaded_fp32_loss": loaded_loss, "weights": weights})
     assert all(math.isfinite(x) for x in curve) and curve[-1] < curve[0], curve
-    assert 0 < metrics["trainable_parameters"] < metrics["parameters"]
-    # The epoch folder loads: merged weights with plain transformers, or an adapter with peft.
-    if (out / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
+    assert 0 < metrics["trainable_parameters"] < metrics["parameters"] / 20
+    assert metrics["tuning"] == "lora" and metrics["lora"]["merged"] is True  # auto: a 135M base is merged
+    assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+    assert weights["weights"] == "merged"
+    assert math.isfinite(loaded_loss) and loaded_loss < curve[0], (loaded_loss, curve)
 
-        model = AutoPeftModelForCausalLM.from_pretrained(out)
-    else:
-        from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(out)
-    model = model.to(suite.DEVICE).eval()
-    with torch.no_grad():
-        loss = model(input_ids=torch.tensor([ids], device=suite.DEVICE),
-                     labels=torch.tensor([labels], device=suite.DEVICE)).loss.item()
-    assert math.isfinite(loss) and loss < curve[0], (loss, curve)
+def _qlora_unavailable() -> str | None:
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return "qlora needs a CUDA device (bitsandbytes 4-bit); none here"
+    for package in ("peft", "bitsandbytes"):
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed (envs/train-gpu.yaml pins it)"
+    return None
+
+
+def test_qlora_steps_lower_the_loss_on_a_4bit_base(tmp_path, base_model_dir, gpu_tokenizer, measurements):
+    why = _qlora_unavailable()
+    if why:
+        pytest.skip(why)
+    shard, ids, labels = _repeated_shard(tmp_path, gpu_tokenizer)
+    out = tmp_path / "epoch-1"
+    cfg = dict(suite.TRAIN_CFG, tuning="qlora")
+    metrics = _train(base_model_dir, [shard], out, cfg, suite.Log("qlora: "), suite.compute())
+    curve = _curve(metrics)
+    loaded_loss, weights = _loss_of_loaded_epoch(out, ids, labels)
+    measurements.record("qlora_steps", {k: metrics.get(k) for k in (
+        "precision", "attn_implementation", "parameters", "trainable_parameters", "tokens_per_s",
+        "peak_memory_bytes")} | {"loss": curve, "lora": metrics.get("lora"), "reloaded_loss": loaded_loss,
+                                 "weights": weights})
+    assert all(math.isfinite(x) for x in curve) and curve[-1] < curve[0], curve
+    assert metrics["tuning"] == "qlora" and metrics["lora"]["quantization"]["quant_type"] == "nf4"
+    # auto never merges qlora: evaluation loads the 4-bit base + the adapter, the model that was trained.
+    assert metrics["lora"]["merged"] is False and not (out / "merged").exists()
+    assert weights["weights"] == "adapter" and weights["adapter_merged_in_memory"] is False
+    assert math.isfinite(loaded_loss) and loaded_loss < curve[0], (loaded_loss, curve)
 
 
 # --------------------------------------------------------------------------- throughput and MFU
