@@ -128,7 +128,8 @@ def _perturbations(call: dict, schema: dict, gt_args: dict) -> list[tuple[str, d
     (name, args), = call.items()
     props = schema["parameters"].get("properties", {})
     required = [p for p in schema["parameters"].get("required", []) if p in args]
-    out = [("ground truth", call), ("wrong name", {name + "_x": args}), ("extra argument", {name: {**args, "zq_extra": 1}}),
+    out = [("ground truth", call), ("wrong name", {name + "_x": args}),
+           ("extra argument", {name: {**args, "zq_extra": 1}}),
            ("reordered arguments", {name: dict(reversed(list(args.items())))})]
     if required:
         out.append(("missing required", {name: {k: v for k, v in args.items() if k != required[0]}}))
@@ -192,8 +193,8 @@ def compare(category: str, ast_checker, Language) -> Counter:
     counts = Counter()
     for item in _items(category):
         for kind, output in _cases(item, category):
-            theirs = ast_checker(copy.deepcopy(item["functions"]), copy.deepcopy(output),
-                                 copy.deepcopy(item["ground_truth"]), Language.PYTHON, category, "stand-in-model")["valid"]
+            theirs = ast_checker(copy.deepcopy(item["functions"]), copy.deepcopy(output), copy.deepcopy(
+                item["ground_truth"]), Language.PYTHON, category, "stand-in-model")["valid"]
             counts[kind, _ours(category, item, output), theirs] += 1
     return counts
 

@@ -36,8 +36,8 @@ def bfcl_rows(simple: list[str], irrelevance: list[str]) -> list[dict]:
     rows = []
     for k, out in enumerate(simple):
         rows.append({"id": f"simple_{k}", "template": "react", "tool_format": "react_list", "source": "bfcl",
-                     "task": "bfcl_simple", "kind": "tool", "expected": {"name": "get_weather", "arguments": {"city": "Oslo"}},
-                     "reference": "", "output": out, "finish": "stop",
+                     "task": "bfcl_simple", "kind": "tool",
+                     "expected": {"name": "get_weather", "arguments": {"city": "Oslo"}}, "reference": "", "output": out, "finish": "stop",
                      "bfcl": {"category": "simple", "ground_truth": [{"get_weather": {"city": ["Oslo"]}}],
                               "functions": [WEATHER]}})
     for k, out in enumerate(irrelevance):

@@ -64,7 +64,7 @@ def paired_difference(base_rows: list[dict], rows: list[dict], value: Callable[[
 
 
 def _heldout_changes(models: list[str], scores: dict) -> dict:
-    """{tuned model: its paired held-out score change from the base model} (agenttune.report.sections.paired_difference)."""
+    """{tuned model: its paired held-out score change from the base model (`paired_difference`)}."""
     base = scores[models[0]].get("items", [])
     changes = {m: paired_difference(base, scores[m].get("items", []), lambda r: r["score"]) for m in models[1:]}
     return {m: d for m, d in changes.items() if d}
@@ -289,9 +289,8 @@ def bfcl_section(doc: Doc, models: list[str], entries: dict, stats: dict) -> Non
         row = [c, label[len(c) + 1:]]
         for m in models[1:]:
             d = paired_difference(base_rows, [r for r in items[m] if r.get("bfcl_category") == c], value)
-            row.append("–" if d is None else
-                       f"{d['mean']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" + (" worse" if d["ci"][1] < 0 else
-                                                                                      " better" if d["ci"][0] > 0 else ""))
+            verdict = "" if d is None else " worse" if d["ci"][1] < 0 else " better" if d["ci"][0] > 0 else ""
+            row.append("–" if d is None else f"{d['mean']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]{verdict}")
         paired.append(row)
     if len(models) > 1:
         doc.p("Change from the base model per category, paired by item (the same BFCL items for every model): mean "
@@ -314,7 +313,7 @@ class Benchmark:
 
     name: str        # its key under "benchmarks", in the item stats and in the prediction manifests
     title: str       # its section heading, after "Benchmark: "
-    plot_label: str  # its line in the score plot
+    plot_label: str  # its line in the score plot (a benchmark with panel_lines draws those instead)
     part: str        # the part of its scores that holds the headline figure ...
     metric: str      # ... under this key, with its 95% CI under metric + "_ci"
     section: Callable[[Doc, list, dict, dict], None]  # (doc, models, scores per model, item stats)
