@@ -117,6 +117,10 @@ def test_reported_checkpoint_is_the_best_on_validation(tmp_path):
     assert "Reported checkpoint: epoch-1, the epoch with the best validation score (0.900" in summary
     assert "Change from base to epoch-1: +0.500 score" in summary
     assert "**epoch-2 is worse than the base model**" in summary and "**epoch-3 is worse" in summary
+    # An epoch without a validation score: the last epoch, and the report says why.
+    del scores["epoch-2"]["benchmarks"]["val"]
+    assert reported_checkpoint(models, scores) == ("epoch-3", "the last epoch, since not every epoch has a "
+                                                              "validation score (`evaluate.val` chooses on them)")
 
 
 def test_bfcl_per_category_figures_and_the_official_irrelevance_rule(tmp_path):

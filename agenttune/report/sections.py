@@ -86,7 +86,9 @@ def reported_checkpoint(models: list[str], scores: dict) -> tuple[str, str]:
     if all(v is not None for v in val.values()):
         best = max(epochs, key=lambda m: (val[m], -epochs.index(m)))
         return best, f"the epoch with the best validation score ({val[best]:.3f}; ties go to the earlier epoch)"
-    return epochs[-1], "the last epoch, since this run has no validation scores (`evaluate.val` chooses on them)"
+    missing = "not every epoch has a validation score" if any(v is not None for v in val.values()) else \
+        "this run has no validation scores"
+    return epochs[-1], f"the last epoch, since {missing} (`evaluate.val` chooses on them)"
 
 
 WORSE_THAN_BASE_ADVICE = (
