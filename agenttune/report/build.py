@@ -64,7 +64,7 @@ def build_report(run: str, models: list[str], paths: dict, out_md, out_html, plo
     items = {it["id"]: it for it in read_jsonl(items_file)} if items_file else {}
     sections.examples_section(doc, models, scores, predictions, items, n_examples)
     manifests = {b: {m: _load(p) for m, p in zip(models, ps)} for b, ps in (paths.get("manifests") or {}).items()}
-    sections.provenance_section(doc, manifests, items_stats)
+    sections.provenance_section(doc, manifests, items_stats, metrics)
     if metrics:
         sections.training_section(doc, metrics)
     if paths.get("cost"):

@@ -444,12 +444,23 @@ def _how_run(run: dict | None, with_engine: bool = True) -> str:
     attn = run.get("attn_implementation") or (f"`{run['server_command']}`" if run.get("server_command") else "—")
     where = run.get("gpu") or ", ".join(run.get("devices", [])) or (f"{run['gpus']} GPU(s)" if run.get("gpus") else "—")
     parts = ([run.get("engine", "—")] if with_engine else []) + [run.get("dtype", "—"), attn, where]
+    if run.get("weights"):  # a lora/qlora epoch (agenttune.train.checkpoint): which weights were evaluated
+        parts.append({"adapter": f"base + {run.get('tuning', 'lora')} adapter",
+                      "merged": f"merged {run.get('tuning', 'lora')} adapter"}.get(run["weights"], run["weights"]))
     return " · ".join(str(x) for x in parts)
 
 
-def provenance_section(doc: Doc, manifests: dict, items_stats: dict) -> None:
-    """sha256 of the model folders and item files behind every prediction, and what each benchmark was built from."""
+def provenance_section(doc: Doc, manifests: dict, items_stats: dict, metrics: dict | None = None) -> None:
+    """sha256 of the model folders and item files behind every prediction, and what each benchmark was built from;
+    for lora/qlora epochs, the tuning mode and the adapter's settings (metrics.json `lora`)."""
     doc.h(2, "Provenance")
+    adapters = {m: mt["lora"] for m, mt in (metrics or {}).items() if mt.get("lora")}
+    if adapters:
+        doc.p("Tuning: " + "; ".join(
+            f"{m}: {a['tuning']} rank {a['rank']}, alpha {a['alpha']}, {a['trainable_parameters']:,} trainable "
+            f"parameters, targets {', '.join(a['target_modules'])}, "
+            + ("merged into the base (evaluated merged)" if a.get("merged") else "evaluated as base + adapter")
+            for m, a in adapters.items()) + ".")
     prov = []
     for bench, per_model in manifests.items():
         for m, man in per_model.items():
