@@ -293,6 +293,24 @@ def test_lora_general_loss_equal_for_adapter_and_merged(lively_lora, tmp_path):
     assert a["loss"] == b["loss"] and a["run"]["weights"] == "adapter" and b["run"]["weights"] == "merged"
 
 
+def test_lora_server_engine_with_the_project_server_on_an_adapter_epoch(lively_lora, tmp_path):
+    """The server engine given an unmerged adapter epoch and the project's own server: the server loads base +
+    adapter itself and writes what the exact engine writes from the merged folder."""
+    from agenttune.evaluate.generate import generate, load_for_generation
+    from agenttune.evaluate.server_engine import generate_with_server
+
+    prompts = ["<|im_start|>user\nFind flights to Paris<|im_end|>\n<|im_start|>assistant\n", "Thought:"]
+    stops = [("<|im_end|>",)] * len(prompts)
+    model, tokenizer = load_for_generation(lively_lora["merged"], "fp32", "exact", **QUIET)
+    expected = [g.text for g in generate(model, tokenizer, prompts, 16, stops, 2, **QUIET)]
+    server = {"command": "{python} -m agenttune.evaluate.serve {model} --port {port}", "ready_timeout_s": 120,
+              "request_timeout_s": 120, "concurrency": 2}
+    outs, info = generate_with_server(lively_lora["adapter"], prompts, stops, 16, server, "fp32", SEED,
+                                      tmp_path / "server.log", **QUIET)
+    assert [g.text for g in outs] == expected
+    assert info["weights"] == "adapter" and info["served_model"] == "epoch-1-unmerged"
+
+
 def test_lora_vllm_serves_an_unmerged_adapter_beside_its_base(lively_lora, lively_model_dir):
     from agenttune.evaluate.server_engine import is_vllm, vllm_lora_arguments
 
@@ -340,6 +358,15 @@ def test_lora_qlora_on_this_cpu_install_is_refused_naming_the_key(tmp_path, tiny
     assert not (tmp_path / "epoch-1").exists() and not (tmp_path / "epoch-1.partial").exists()
 
 
+def test_lora_epoch_resumed_under_another_tuning_is_refused(tmp_path, tiny_model_dir, shards, lora_chain):
+    with pytest.raises(ValueError, match=r"train\.tuning: full, but .*epoch-1 holds an adapter \(lora/qlora\)"):
+        train_epoch(tiny_model_dir, shards, lora_chain["e1"], tmp_path / "epoch-2", 2, CFG, SEED, **QUIET)
+    full = tmp_path / "full" / "epoch-1"
+    train_epoch(tiny_model_dir, shards, None, full, 1, CFG, SEED, **QUIET)
+    with pytest.raises(ValueError, match=r"train\.tuning: lora, but .*epoch-1 holds full model weights"):
+        train_epoch(tiny_model_dir, shards, full, tmp_path / "epoch-2", 2, LORA, SEED, **QUIET)
+
+
 def test_lora_ignores_freeze_trainable_layers_and_says_so():
     said: list[str] = []
     lora.check_config({"tuning": "lora", "freeze_trainable_layers": 6}, said.append)
@@ -359,3 +386,41 @@ def test_lora_ignores_freeze_trainable_layers_and_says_so():
 def test_lora_merge_auto_decision(tuning, merge, params, merged, words):
     decision, why = lora.merge_decision(tuning, merge, params)
     assert decision is merged and words in why
+
+
+# --------------------------------------------------------------------------- the tiny pipeline with tuning: lora
+
+@pytest.mark.slow
+def test_lora_tiny_pipeline_end_to_end(tmp_path):
+    """The tiny config through the real Snakefile with `train.tuning: lora` (a second config file over
+    config/test/config.yaml): both epochs keep an adapter and a merged model, evaluation loads the merged one and
+    says so, the report shows the tuning."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    run = "pytest-lora-tiny"
+    out = repo / "results" / run
+    shutil.rmtree(out, ignore_errors=True)
+    overlay = tmp_path / "lora.yaml"
+    overlay.write_text(yaml.safe_dump({"run": run, "train": {"tuning": "lora", "lora": {"rank": 4, "alpha": 8}}}))
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "--cores", "2", "--configfile", "config/test/config.yaml", str(overlay)],
+                          cwd=repo, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    try:
+        for epoch in (1, 2):
+            folder = out / "checkpoints" / f"epoch-{epoch}"
+            assert (folder / lora.ADAPTER_WEIGHTS).is_file() and not (folder / "model.safetensors").exists()
+            assert (folder / "merged" / "model.safetensors").is_file()
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["tuning"] == "lora" and metrics["lora"]["rank"] == 4 and metrics["lora"]["merged"]
+            predict = json.loads((out / "eval" / f"epoch-{epoch}" / "predict.json").read_text())
+            run_record = predict["outputs"]["run"]
+            assert run_record["weights"] == "merged" and run_record["tuning"] == "lora", run_record
+        report = (out / "report.md").read_text()
+        assert "Tuning: epoch-1: lora rank 4, alpha 8" in report and "merged lora adapter" in report
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

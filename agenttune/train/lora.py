@@ -112,6 +112,23 @@ def check_config(cfg: dict, log=print) -> None:
         log(f"train.freeze_trainable_layers is ignored with tuning: {tuning} (the base is frozen, the adapters train)")
 
 
+def check_resume(folder, cfg: dict) -> None:
+    """A checkpoint resumes only under the tuning that wrote it: the Trainer would load a full model's weights into
+    an adapter model (or the reverse) without an error and train from the wrong start."""
+    has_adapter = (Path(folder) / ADAPTER_WEIGHTS).is_file()
+    if has_adapter != is_peft(cfg):
+        written = "an adapter (lora/qlora)" if has_adapter else "full model weights (full/freeze)"
+        raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} holds {written}: every epoch of a run must be "
+                         "trained with the same tuning")
+    if has_adapter:
+        record = Path(folder) / RECORD_NAME
+        if record.is_file():
+            before = json.loads(record.read_text())["tuning"]
+            if before != cfg["tuning"]:
+                raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} was trained with {before}: every "
+                                 "epoch of a run must be trained with the same tuning")
+
+
 def merge_decision(tuning: str, merge, n_params: int) -> tuple[bool, str]:
     """(write the merged model?, why): `train.lora.merge` auto merges lora at <= 20B parameters, never qlora."""
     if merge is True:

@@ -383,6 +383,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     lora.check_config(cfg, log)  # a qlora job without a GPU or bitsandbytes fails here, before anything is loaded
     if resume_from is not None:
         ds.check_resumable(resume_from, use_deepspeed, world_size)
+        lora.check_resume(resume_from, cfg)
     if is_main and work_dir.exists():
         # Leftovers of a killed job are never trusted, among them a step checkpoint that was still being written.
         log(f"removing {work_dir}, left by a job that did not finish")
