@@ -62,8 +62,10 @@ def format_inputs(wildcards):
         "traces": f"{OUT}/traces/traces.jsonl",
         "ingest_stats": f"{OUT}/traces/ingest_stats.json",
     }
-    # The tool_call template reads the model's chat template (its own tool prompt, if it has one).
-    if config["format"]["templates"].get("tool_call", 0) > 0:
+    # The tool_call template reads the model's chat template (its own tool prompt, if it has one); a family
+    # template reads it to choose native or project mode (agenttune.render.families).
+    tool_templates = ("tool_call", "qwen25", "qwen3", "llama31", "mistral")
+    if any(config["format"]["templates"].get(t, 0) > 0 for t in tool_templates):
         inputs["model"] = MODEL_DIR
     return inputs
 

@@ -190,6 +190,11 @@ RENDER = {
     "openai_json": lambda c: json.dumps({"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}),
     "autogpt": lambda c: autogpt(c.name, c.arguments),
     "tool_call": tool_call_block,
+    # The family templates write what their own model_text writes for a calling turn.
+    "qwen25": tool_call_block,
+    "qwen3": lambda c: "<think>\nI should call it.\n</think>\n\n" + tool_call_block(c),
+    "llama31": lambda c: json.dumps({"name": c.name, "parameters": c.arguments}, ensure_ascii=False),
+    "mistral": lambda c: "[TOOL_CALLS] " + json.dumps([{"name": c.name, "arguments": c.arguments, "id": "a1B2c3D4e"}]),
 }
 
 

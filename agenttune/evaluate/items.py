@@ -7,7 +7,8 @@ what the right next step is:
     {"id", "benchmark", "origin", "sample_id", "template", "tool_format", "source", "kind", "task",
      "prompt_messages": [{"role", "content"}], "expected": {"name", "arguments"} | null, "reference": str,
      "review": "accepted" | "edited"  (candidates only),
-     "bfcl": {"category", "ground_truth", "functions"}  (BFCL only)}
+     "bfcl": {"category", "ground_truth", "functions"}  (BFCL only),
+     "tools", "render_mode"?  (family templates: prompt_messages then keep the whole OpenAI-style turns)}
 `expected: null` means the right behaviour is to answer without a call (no-tool and irrelevance items).
 
 Benchmarks:
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from agenttune.common.atomic import read_jsonl, write_jsonl
 from agenttune.common.config import section_with_defaults
+from agenttune.render import FAMILIES
 from agenttune.render.samples import choose_templates, choose_tool_format, render_trace
 
 BENCHMARKS = ("heldout", "val", "bfcl")
@@ -47,6 +49,7 @@ def items_from_sample(sample: dict, benchmark: str, origin: str) -> list[dict]:
     """One item per assistant step with a tool call, one for the first answer of a no-tool sample."""
     msgs = sample["messages"]
     first_assistant = next((j for j, m in enumerate(msgs) if m["role"] == "assistant"), None)
+    family = FAMILIES.get(sample["template"])
     items = []
     for i, msg in enumerate(msgs):
         if msg["role"] != "assistant":
@@ -72,6 +75,10 @@ def items_from_sample(sample: dict, benchmark: str, origin: str) -> list[dict]:
             "expected": expected,
             "reference": msg["content"],
         })
+        if family is not None:  # the prompt is rendered in the family's format: it needs the whole turns and tools
+            items[-1].update(prompt_messages=[dict(m) for m in msgs[:i]], reference=family.model_text(msg),
+                             tools=sample.get("tools") or [],
+                             **{k: sample[k] for k in ("render_mode",) if k in sample})
     return items
 
 

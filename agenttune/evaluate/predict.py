@@ -12,16 +12,29 @@ from pathlib import Path
 
 from agenttune.common.atomic import read_jsonl, write_jsonl
 from agenttune.common.config import section_with_defaults
-from agenttune.render import get_template
+from agenttune.render import FAMILIES, get_template
+from agenttune.render.families import FamilyText
 
 PREDICTION_KEYS = ("id", "benchmark", "origin", "sample_id", "template", "tool_format", "source", "kind", "task",
                    "expected", "reference", "bfcl", "review")
 
 
-def prompts_and_stops(tokenizer, items: list[dict]) -> tuple[list[str], list[tuple]]:
-    """Each item's chat-formatted prompt and its template's stop strings (what generation is given)."""
-    prompts = [tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False, add_generation_prompt=True)
-               for it in items]
+def prompts_and_stops(tokenizer, items: list[dict], log=print) -> tuple[list[str], list[tuple]]:
+    """Each item's chat-formatted prompt and its template's stop strings (what generation is given). A family
+    template's item is rendered in its family's format (agenttune.render.families: the model's chat template with
+    tools=, or the project's own template), through the same path as its training text."""
+    families: dict[tuple[str, str | None], FamilyText] = {}
+    prompts = []
+    for it in items:
+        if it["template"] in FAMILIES:
+            key = (it["template"], it.get("render_mode"))
+            if key not in families:
+                families[key] = FamilyText.from_tokenizer(
+                    FAMILIES[it["template"]], tokenizer, "builtin" if key[1] == "project" else "auto", log)
+            prompts.append(families[key].prompt(it["prompt_messages"], it.get("tools")))
+        else:
+            prompts.append(tokenizer.apply_chat_template(it["prompt_messages"], tokenize=False,
+                                                         add_generation_prompt=True))
     return prompts, [tuple(get_template(it["template"]).STOP) for it in items]
 
 
@@ -48,7 +61,7 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
             from agenttune.evaluate.server_engine import generate_with_server
 
             # The prompt texts are rendered here, with the model's own tokenizer, exactly as for the local engines.
-            prompts, stops = prompts_and_stops(AutoTokenizer.from_pretrained(model_dir), items)
+            prompts, stops = prompts_and_stops(AutoTokenizer.from_pretrained(model_dir), items, log)
             start = time.perf_counter()
             outs, stats["run"] = generate_with_server(
                 model_dir, prompts, stops, cfg["max_new_tokens"], cfg["server"], cfg["precision"], seed,
@@ -59,7 +72,7 @@ def predict(model_dir: str | Path, items_path: str | Path, out_path: str | Path,
             model, tokenizer = load_for_generation(model_dir, cfg["precision"], cfg["engine"], log,
                                                    cfg["attn_implementation"])
             stats["run"] = model._agenttune_run  # `exact` falls back to `hf` on a GPU: the engine used
-            prompts, stops = prompts_and_stops(tokenizer, items)
+            prompts, stops = prompts_and_stops(tokenizer, items, log)
             start = time.perf_counter()
             outs = generate(model, tokenizer, prompts, cfg["max_new_tokens"], stops, cfg["batch_size"], log)
         stats["engine"] = stats["run"]["engine"]

@@ -21,6 +21,11 @@ Everything keyed by template name comes from this registry: `TEMPLATES`, `PARSER
 each template's stops (`get_template(name).STOP`); config/schema.yaml lists the same names under
 `format.templates` (tests/test_render.py fails when they differ). docs/formatting.md shows how to add one.
 
+The family templates (qwen25, qwen3, llama31, mistral) also have `render_text(messages, tools,
+add_generation_prompt)`, `model_text(message)`, `recognizes(text)`, `TURN_OPEN` and `TURN_END`: their samples carry
+OpenAI-style messages (roles system/user/assistant/tool) that the tokenize and evaluate stages render to text
+through agenttune.render.families (`FAMILIES` lists them).
+
 `passthrough` is not a prompt template to choose: it keeps already-rendered text (AgentInstruct) and general chat,
 and has no parser (its samples make no evaluation items).
 """
@@ -40,6 +45,10 @@ TEMPLATE_MODULES = [
     "openai_json",
     "autogpt",
     "tool_call",
+    "qwen25",
+    "qwen3",
+    "llama31",
+    "mistral",
 ]
 
 TEMPLATES: dict[str, ModuleType] = {}  # template name -> module
@@ -48,6 +57,9 @@ for _module_name in TEMPLATE_MODULES:
     TEMPLATES[_module.NAME] = _module
 
 ALL: dict[str, ModuleType] = {**TEMPLATES, passthrough.NAME: passthrough}
+# Native tool formats of model families (agenttune.render.families): templates whose samples keep OpenAI-style
+# messages and are rendered to text by the model's chat template or the module's own `render_text`.
+FAMILIES: dict[str, ModuleType] = {name: m for name, m in TEMPLATES.items() if hasattr(m, "render_text")}
 PARSERS: dict[str, Callable[[str], ParsedOutput]] = {name: module.parse for name, module in TEMPLATES.items()}
 
 

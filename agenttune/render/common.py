@@ -3,7 +3,7 @@
 Takes: one canonical trace (docs/trace-schema.md).
 Gives: `turns(trace, one_call_per_step)`: a list of turns, each
     {"role": "system" | "user", "content"}                                       or
-    {"role": "assistant", "content", "calls": [...], "loss": bool, "results": [{"name", "content"}]}
+    {"role": "assistant", "content", "calls": [...], "loss": bool, "reasoning": str, "results": [{"name", "content"}]}
 where `results` are the tool messages that answer the turn's calls, in call order. Templates whose format holds
 one call per step (ReAct, AutoGPT) ask for `one_call_per_step=True`: a turn with parallel calls is then cut into
 one turn per call, each followed by its own result, which is how those agents would have run the same calls.
@@ -29,6 +29,7 @@ def turns(trace: dict, one_call_per_step: bool = False) -> list[dict]:
                 "calls": list(msg.get("tool_calls") or []),
                 # Canonical: absent/null/true = train, false = context (AgentInstruct's per-turn flags).
                 "loss": msg.get("loss") is not False,
+                "reasoning": msg.get("reasoning") or "",  # only the family templates show it (families.py)
                 "results": [],
             })
         else:
@@ -42,7 +43,9 @@ def turns(trace: dict, one_call_per_step: bool = False) -> list[dict]:
             continue
         for k, call in enumerate(turn["calls"]):
             result = turn["results"][k : k + 1]
-            cut.append({**turn, "content": turn["content"] if k == 0 else "", "calls": [call], "results": result})
+            first = k == 0  # the turn's text and reasoning go with its first call
+            cut.append({**turn, "content": turn["content"] if first else "",
+                        "reasoning": turn["reasoning"] if first else "", "calls": [call], "results": result})
     return cut
 
 

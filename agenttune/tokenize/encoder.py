@@ -1,6 +1,7 @@
 """Chat encoding: a rendered sample -> token ids with labels masked to the trained assistant turns.
 
-Takes: samples (agenttune.render's contract, `messages` of `{"role", "content", "loss"}`) and a tokenizer folder
+Takes: samples (agenttune.render's contract, `messages` of `{"role", "content", "loss"}`; family-template samples
+(qwen25, qwen3, llama31, mistral) are rendered by agenttune.render.families instead, see below) and a tokenizer folder
 (`tokenizer.json` + a chat template) or a transformers tokenizer.
 Gives: `ChatEncoder.encode` -> one `Encoded` (ids, labels, truncated) or `Dropped` (why) per sample, in order;
 `encode_sample` and `encode_sample_reference` for one sample with a transformers tokenizer.
@@ -24,6 +25,10 @@ How a sample is encoded (`ChatEncoder`), without the O(turns^2) prefix renders o
 `encode_sample_reference` is the slow, obviously-correct path (prefix renders with the generation prompt,
 whole-text offsets); tests check that both give identical ids and labels on all real data.
 
+Family templates (agenttune.render.families): the full text is the model's chat template's render with `tools=`
+(native mode) or the family module's own template (project mode); each trained turn's span is located inside that
+full text (their templates are not prefix-stable), and the text is encoded whole with offsets.
+
 Over-long samples (> max_len tokens): `drop`, or `truncate` after the last whole trained turn that fits; a sample
 that cannot be kept (too long, no whole trained turn fits, no trained token) comes back as `Dropped` with its reason.
 """
@@ -43,10 +48,14 @@ import numpy as np
 
 from agenttune.common.config import section_with_defaults
 from agenttune.common.manifest import sha256_file
+from agenttune.render import FAMILIES
+from agenttune.render.families import FamilyText
 
 IGNORE_INDEX = -100
 # What a sample longer than max_len becomes when the caller does not say: the schema's tokenize.overlong.
 DEFAULT_OVERLONG = section_with_defaults({}, "tokenize")["overlong"]
+# A family sample without `reasoning_loss` (written by hand): the schema's format.reasoning_loss.
+DEFAULT_REASONING_LOSS = section_with_defaults({}, "format")["reasoning_loss"]
 DROP_REASONS = ("too_long", "no_whole_turn_fits", "no_trained_token")
 _MARK = "\ue000{}\ue001"  # private-use characters: marker contents for learning a template's layout
 
@@ -195,17 +204,15 @@ class _Piece:
         return t + (self.encoding.token_to_chars(t)[0] < pos)
 
 
-def _chat_template_text(folder: Path, config: dict) -> str:
+def _chat_template_text(folder: Path, config: dict) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.exists():
         return jinja.read_text(encoding="utf-8")
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if not isinstance(template, str):
-        raise ValueError(f"tokenizer folder {folder} has no chat template "
-                         "(chat_template.jinja or tokenizer_config.json)")
-    return template
+    # None: rendering a sample says so (a family template names its config key: agenttune.render.families)
+    return template if isinstance(template, str) else None
 
 
 def _token_text(value) -> str | None:
@@ -221,10 +228,14 @@ class ChatEncoder:
     `check_tokens`: how many samples to cross-check against whole-text encoding (-1: all) before trusting the
     piecewise encoding. `piecewise=False` forces whole-text encoding (to measure what pieces buy)."""
 
-    def __init__(self, backend, chat_template: str, variables: dict, eos_token: str | None, *,
-                 tokenizer_sha256: str, check_tokens: int = 16, piecewise: bool = True, batch_size: int = 512):
+    def __init__(self, backend, chat_template: str | None, variables: dict, eos_token: str | None, *,
+                 tokenizer_sha256: str, check_tokens: int = 16, piecewise: bool = True, batch_size: int = 512,
+                 folder: str | Path | None = None, log=print):
         self.backend = backend
         self.chat_template = chat_template
+        self.folder = folder
+        self.log = log
+        self._families: dict[tuple[str, str], FamilyText] = {}
         self.variables = {k: v for k, v in variables.items() if isinstance(v, (str, list))}
         self.eos_token = eos_token
         self.tokenizer_sha256 = tokenizer_sha256
@@ -254,7 +265,7 @@ class ChatEncoder:
         variables = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
         variables = {k: v for k, v in variables.items() if v is not None}
         return cls(Tokenizer.from_file(str(tokenizer_json)), _chat_template_text(folder, config), variables,
-                   variables.get("eos_token"), tokenizer_sha256=sha256_file(tokenizer_json), **kwargs)
+                   variables.get("eos_token"), tokenizer_sha256=sha256_file(tokenizer_json), folder=folder, **kwargs)
 
     @classmethod
     def from_hf(cls, tokenizer, **kwargs) -> "ChatEncoder":
@@ -262,7 +273,7 @@ class ChatEncoder:
         if isinstance(template, dict):
             template = template.get("default")
         if not isinstance(template, str):
-            raise ValueError("the tokenizer has no chat template")
+            template = None  # rendering says so (a family template names its config key)
         backend = tokenizer.backend_tokenizer
         sha = hashlib.sha256(backend.to_str().encode()).hexdigest()
         return cls(backend, template, dict(tokenizer.special_tokens_map), tokenizer.eos_token,
@@ -271,7 +282,7 @@ class ChatEncoder:
     def identity(self) -> dict:
         return {
             "tokenizer_sha256": self.tokenizer_sha256,
-            "chat_template_sha256": hashlib.sha256(self.chat_template.encode()).hexdigest(),
+            "chat_template_sha256": hashlib.sha256((self.chat_template or "").encode()).hexdigest(),
             "special_tokens": dict(sorted((k, v) for k, v in self.variables.items() if isinstance(v, str))),
             "vocab_size": self.backend.get_vocab_size(with_added_tokens=True),
         }
@@ -294,6 +305,9 @@ class ChatEncoder:
     def render(self, conversations: list[list[dict]], add_generation_prompt: bool = False) -> list[str]:
         from transformers.utils.chat_template_utils import render_jinja_template
 
+        if self.chat_template is None:
+            where = f"tokenizer folder {self.folder}" if self.folder else "the tokenizer"
+            raise ValueError(f"{where} has no chat template (chat_template.jinja or tokenizer_config.json)")
         texts, _ = render_jinja_template(conversations=conversations, chat_template=self.chat_template,
                                          add_generation_prompt=add_generation_prompt, **self.variables)
         return texts
@@ -336,6 +350,52 @@ class ChatEncoder:
         return out
 
     def _encode_batch(self, samples: Sequence[dict], max_len: int, overlong: str) -> list[Encoded | Dropped]:
+        family = [i for i, s in enumerate(samples) if s.get("template") in FAMILIES]
+        if not family:
+            return self._encode_chat_batch(samples, max_len, overlong)
+        results = {i: self._encode_family(samples[i], max_len, overlong) for i in family}
+        rest = [i for i in range(len(samples)) if i not in results]
+        if rest:
+            results.update(zip(rest, self._encode_chat_batch([samples[i] for i in rest], max_len, overlong)))
+        return [results[i] for i in range(len(samples))]
+
+    # family templates (agenttune.render.families): full text in the family's format, spans located in it
+
+    def family_text(self, template: str, render_mode: str | None = None) -> FamilyText:
+        """The FamilyText of a family template for this tokenizer. `render_mode` is what the data stage recorded:
+        "project" keeps the project's own template (format.chat_template_tools: builtin, or a template without
+        tools), "native" must find this tokenizer's template rendering the family's format."""
+        requested = "builtin" if render_mode == "project" else "auto"
+        key = (template, requested)
+        if key not in self._families:
+            module = FAMILIES[template]
+            self._families[key] = FamilyText(module, self.chat_template, self.variables, requested, self.log)
+            missing = [t for t in module.TURN_END if t not in self.special_ids]
+            if self._families[key].mode == "project" and missing:
+                self.log(f"{template}: the tokenizer lacks the family's {', '.join(missing)}: they are written as "
+                         "text, and a turn's first or last token may straddle its edge (labels follow the tokens that "
+                         "start inside a turn)")
+        family = self._families[key]
+        if render_mode == "native" and family.mode != "native":
+            raise ValueError(f"format.templates.{template}: the samples were rendered for the model's own chat "
+                             f"template (render_mode native), but this tokenizer's template is used in "
+                             f"{family.mode} mode; were the samples made with another model?")
+        return family
+
+    def _encode_family(self, sample: dict, max_len: int, overlong: str) -> Encoded | Dropped:
+        chat_messages(sample)  # the same shape checks as for every sample
+        family = self.family_text(sample["template"], sample.get("render_mode"))
+        text, spans = family.text_and_spans(sample["messages"], sample.get("tools"),
+                                            sample.get("reasoning_loss", DEFAULT_REASONING_LOSS))
+        self.counts[f"family:{sample['template']}:{family.mode}"] += 1
+        enc = self.backend.encode(text, add_special_tokens=False)
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        starts = np.asarray([a for a, _ in enc.offsets], dtype=np.int64)
+        labels, tok_spans = _labels_from_starts(ids, starts, spans)
+        return self._finish(sample, ids, labels, tok_spans, max_len, overlong)
+
+    def _encode_chat_batch(self, samples: Sequence[dict], max_len: int,
+                           overlong: str) -> list[Encoded | Dropped]:
         msgs = [chat_messages(s) for s in samples]
         flags = [trained_turns(s) for s in samples]
         built = [self._build_text(m) for m in msgs]

@@ -82,6 +82,11 @@ def validate_trace(trace: object) -> dict:
             loss = msg.get("loss")
             if loss is not None and not isinstance(loss, bool):
                 raise TraceError("expected true, false or null", f"{field}.loss", trace_id=trace_id)
+            if msg.get("reasoning") is not None and not isinstance(msg["reasoning"], str):
+                raise TraceError("expected a string or null", f"{field}.reasoning", trace_id=trace_id)
+        elif msg.get("reasoning") is not None:
+            raise TraceError("only assistant messages carry reasoning", f"{field}.reasoning", trace_id=trace_id)
+        if role == "assistant":
             for j, call in enumerate(msg.get("tool_calls") or []):
                 cfield = f"{field}.tool_calls[{j}]"
                 if not isinstance(call, dict):
