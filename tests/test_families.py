@@ -590,3 +590,20 @@ def test_family_tiny_model_runs_data_tokenize_train_and_evaluation_prompts(famil
                                                        tools=api_tools(it["tools"]), add_generation_prompt=True,
                                                        tokenize=False)
         assert stop == FAMILIES[family].STOP
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_served_prompt_is_the_models_own_render(family, smol_tokenizer):
+    """The OpenAI-compatible server (agenttune.evaluate.serve) builds a family's prompt through the same path."""
+    from agenttune.evaluate.serve import Backend
+
+    tokenizer = family_tokenizer(smol_tokenizer, family, JINJA[family])
+    backend = Backend.__new__(Backend)  # the prompt side only: no model is loaded
+    backend.tokenizer, backend.template, backend.tool_format, backend.log = tokenizer, family, "json_schema", QUIET
+    backend.renderers, backend.family_text = make_renderers(tokenizer, log=QUIET), None
+    body = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"}],
+            "tools": api_tools(TOOLS)}
+    prompt, stops, parsed = backend.prompt(body)
+    assert prompt == tokenizer.apply_chat_template(body["messages"], tools=body["tools"], add_generation_prompt=True,
+                                                   tokenize=False)
+    assert stops == FAMILIES[family].STOP and parsed and backend.family_text.mode == "native"

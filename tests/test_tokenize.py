@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from agenttune.render import TEMPLATES, get_template
+from agenttune.render import FAMILIES, TEMPLATES, get_template
 from agenttune.tokenize.encoder import (IGNORE_INDEX, ChatEncoder, Dropped, Encoded, SampleDropped, encode_sample,
                                         encode_sample_reference)
 from agenttune.tokenize.load import load_shards
@@ -19,6 +19,10 @@ from agenttune.tokenize.split import tokenize_split
 
 from conftest import shared_data
 from test_canonical import GOOD
+
+# Templates whose samples are ChatML turns for the model's template; the family templates' text and labels:
+# tests/test_families.py.
+CHAT_TEMPLATES = sorted(set(TEMPLATES) - set(FAMILIES))
 
 # Two steps with a parallel call, an observation each, then an answer.
 MULTI = {
@@ -77,7 +81,7 @@ def assert_exact(tokenizer, sample, max_len=4096):
 # --- masks -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", CHAT_TEMPLATES)
 @pytest.mark.parametrize("trace", [GOOD, MULTI], ids=["one_call", "multi_step"])
 def test_every_template_trains_exactly_the_assistant_turns(smol_tokenizer, template, trace):
     sample = render(trace, template)
@@ -86,7 +90,7 @@ def test_every_template_trains_exactly_the_assistant_turns(smol_tokenizer, templ
     assert_exact(smol_tokenizer, sample)
 
 
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", CHAT_TEMPLATES)
 def test_trace_ending_on_a_tool_turn(smol_tokenizer, template):
     # Cut the multi-step trace after the last tool result: the sample ends on the observation (context).
     sample = render(MULTI, template)
@@ -217,7 +221,7 @@ def test_special_token_text_inside_content_is_counted(smol_tokenizer):
 
 def test_folder_encoder_equals_the_transformers_tokenizer(smol_tokenizer, tiny_model_dir):
     # tiny_model_dir holds the SmolLM2 tokenizer saved by transformers: the same encoding without loading it.
-    samples = [render(t, name) for t in (GOOD, MULTI) for name in TEMPLATES]
+    samples = [render(t, name) for t in (GOOD, MULTI) for name in CHAT_TEMPLATES]
     a = ChatEncoder.from_folder(tiny_model_dir).encode(samples, 4096)
     b = ChatEncoder.from_hf(smol_tokenizer).encode(samples, 4096)
     for x, y in zip(a, b):
@@ -242,7 +246,7 @@ def real_samples(tmp_path) -> list[dict]:
     ingest(specs, tmp_path / "traces.jsonl", tmp_path / "quarantine.jsonl", tmp_path / "stats.json")
     samples = []
     for trace in read_traces(tmp_path / "traces.jsonl"):
-        names = ["passthrough"] if (trace.get("meta") or {}).get("passthrough") else sorted(TEMPLATES)
+        names = ["passthrough"] if (trace.get("meta") or {}).get("passthrough") else CHAT_TEMPLATES
         samples += [render(trace, name) for name in names]
     return samples
 
@@ -284,7 +288,7 @@ def test_real_data_masks_decode_to_the_assistant_turns(smol_tokenizer, shared_sa
         got = trained_segments(smol_tokenizer, result.input_ids.tolist(), result.labels.tolist())
         assert got == expected_segments(smol_tokenizer, sample), sample["id"]
         seen.add(sample["template"])
-    assert seen == set(TEMPLATES) | {"passthrough"}
+    assert seen == set(CHAT_TEMPLATES) | {"passthrough"}
     # db_538 marks the "Ok." setup reply loss false: those turns are present but never trained.
     flagged = [s for s in shared_samples if any(m.get("loss") is False and m["role"] == "assistant"
                                                 for m in s["messages"])]
@@ -309,7 +313,7 @@ def _demo_samples(n):
         trace = json.loads(json.dumps(MULTI if i % 2 else GOOD))
         trace["id"] = f"t{i:03d}"
         trace["messages"][-1]["content"] += " " + "more " * (i % 7)
-        out.append(render(trace, sorted(TEMPLATES)[i % len(TEMPLATES)]))
+        out.append(render(trace, CHAT_TEMPLATES[i % len(CHAT_TEMPLATES)]))
     return out
 
 

@@ -110,6 +110,7 @@ class Backend:
         self.name = name or os.path.basename(os.path.normpath(str(model_dir)))
         self.template, self.tool_format = template, tool_format
         self.renderers = make_renderers(self.tokenizer, log=log)
+        self.family_text = None  # a family template's renderer for this tokenizer, made at the first tool request
         self.max_tokens_limit = max_tokens_limit
         # One request at a time, from its checks to its stream's chunks: generation, and the tokenizer too (a fast
         # tokenizer used from two threads at once can fail with "Already borrowed").
@@ -152,7 +153,8 @@ class Backend:
 
     def prompt(self, body: dict) -> tuple[str, tuple[str, ...], bool]:
         """(prompt text, stop strings, whether the template's parser reads the output)."""
-        from agenttune.render import get_template
+        from agenttune.render import FAMILIES, get_template
+        from agenttune.render.families import FamilyText
 
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -168,8 +170,13 @@ class Backend:
         trace = openai_to_trace(messages, tools)
         # A placeholder answer makes templates flush pending tool results into the prompt; it is cut off again.
         trace["messages"].append({"role": "assistant", "content": ""})
-        rendered, _ = self.renderers[self.template](trace, self.tool_format)
+        rendered = self.renderers[self.template](trace, self.tool_format)[0]
         last = max(i for i, m in enumerate(rendered) if m["role"] == "assistant")
+        if self.template in FAMILIES:  # the family's own format, through the same path as its training text
+            if self.family_text is None:
+                self.family_text = FamilyText.from_tokenizer(FAMILIES[self.template], self.tokenizer, "auto", self.log)
+            text = self.family_text.prompt(rendered[:last], trace["tools"])
+            return text, tuple(get_template(self.template).STOP), True
         chat = [{"role": m["role"], "content": m["content"]} for m in rendered[:last]]
         text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         return text, tuple(get_template(self.template).STOP), True
