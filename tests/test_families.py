@@ -607,3 +607,16 @@ def test_family_served_prompt_is_the_models_own_render(family, smol_tokenizer):
     assert prompt == tokenizer.apply_chat_template(body["messages"], tools=body["tools"], add_generation_prompt=True,
                                                    tokenize=False)
     assert stops == FAMILIES[family].STOP and parsed and backend.family_text.mode == "native"
+
+
+def test_family_data_stage_refuses_a_tokenizer_without_a_chat_template_before_writing(smol_tokenizer, tmp_path):
+    from agenttune.data.format import format_samples
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps(t) + "\n" for t in generate_traces(12, seed=2)), encoding="utf-8")
+    cfg = {"split": {"val": 0.1, "test": 0.25},
+           "format": {"templates": {"llama31": 1}, "tool_formats": {"json_schema": 1}, "mix": {"eta": 1.0}}}
+    with pytest.raises(FamilyConfigError, match="format.templates.llama31: the tokenizer has no chat template"):
+        format_samples([traces], tmp_path / "samples", cfg, seed=1,
+                       tokenizer=family_tokenizer(smol_tokenizer, "llama31", None), log=QUIET)
+    assert not list((tmp_path / "samples").glob("*.jsonl"))
