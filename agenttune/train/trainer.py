@@ -439,8 +439,9 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
                                f"to {highest}; -1 = none): refusing to train from inconsistent states")
     load_kwargs = {}
     if cfg["tuning"] == "qlora":
-        load_kwargs = {"quantization_config": lora.quantization_config(cfg["lora"], use_deepspeed),
-                       "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+        load_kwargs = {"quantization_config": lora.quantization_config(cfg["lora"], use_deepspeed)}
+        if not use_deepspeed:  # under ZeRO-3 the 4-bit weights are partitioned, not placed on one device
+            load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn,
                                                  **load_kwargs)
     # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size. A 4-bit parameter
