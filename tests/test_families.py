@@ -141,7 +141,7 @@ LLAMA31 = r"""
 {%- if m.role == 'assistant' and m.tool_calls %}
 {%- if m.tool_calls | length != 1 %}{{- raise_exception('one call per assistant turn') }}{%- endif %}
 {{- '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "' + m.tool_calls[0].function.name + '", "parameters": ' + m.tool_calls[0].function.arguments | tojson + '}<|eot_id|>' }}
-{%- elif m.role == 'tool' or m.role == 'ipython' %}{{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + m.content + '<|eot_id|>' }}
+{%- elif m.role == 'tool' or m.role == 'ipython' %}{{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + m.content | tojson + '<|eot_id|>' }}
 {%- else %}{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content | trim + '<|eot_id|>' }}
 {%- endif %}
 {%- endfor %}
@@ -210,7 +210,8 @@ DOCUMENTED = {
         "<|im_start|>user\n<tool_response>\n4 C\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\n<think>\n\n</think>\n\nIt is 4 C in Oslo.<|im_end|>\n"),
     # https://www.llama.com/docs/model-cards-and-prompt-formats/llama3_1/#json-based-tool-calling (tools in the
-    # first user message, {"name", "parameters"} calls, the ipython role for results)
+    # first user message, {"name", "parameters"} calls, the ipython role for results; a result is JSON, as the model
+    # card's chat template writes it: the string "4 C" in quotes)
     "llama31": (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
         "Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
@@ -226,7 +227,7 @@ DOCUMENTED = {
         '            "required": [\n                "city"\n            ]\n        }\n    }\n}\n\n'
         "Weather in Oslo?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         '{"name": "get_weather", "parameters": {"city": "Oslo"}}<|eot_id|>'
-        "<|start_header_id|>ipython<|end_header_id|>\n\n4 C<|eot_id|>"
+        '<|start_header_id|>ipython<|end_header_id|>\n\n"4 C"<|eot_id|>'
         "<|start_header_id|>assistant<|end_header_id|>\n\nIt is 4 C in Oslo.<|eot_id|>"),
     # https://docs.mistral.ai/guides/tokenization/ (v3: [AVAILABLE_TOOLS] before the last user turn, the system
     # text in that turn, [TOOL_CALLS] lists with 9-character ids, [TOOL_RESULTS] with the call id)

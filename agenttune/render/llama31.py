@@ -8,7 +8,9 @@ formats/llama3_1/#json-based-tool-calling, and the model card's chat template th
   instruction "Given the following functions, please respond with a JSON for a function call ..." and each tool as
   `{"type": "function", "function": {...}}` JSON indented by 4, each followed by a blank line, then the user's text;
   an assistant call is `{"name": "...", "parameters": {...}}<|eot_id|>`; a result is an `ipython` turn.
-Message texts are trimmed, as that template does. The format holds exactly one call and no text in a calling turn:
+Message texts are trimmed, as that template does, and a result is written as JSON (a string result in quotes): the
+model card's template JSON-encodes every result that is a mapping or iterable, and a string is iterable in Jinja,
+so that is what the served model sees. The format holds exactly one call and no text in a calling turn:
 parallel calls become consecutive turns (ONE_CALL_PER_STEP), and the thought text of a calling turn is not written
 (there is no place for it; the sample keeps it in `content` and the count `dropped_thought_turns` says how many).
 """
@@ -67,7 +69,7 @@ def render_text(messages: list[dict], tools: list[dict] | None, add_generation_p
                 raise ValueError("llama31: an assistant turn holds exactly one call in this format")
             out.append(_header("assistant") + call_json(m["tool_calls"][0]) + "<|eot_id|>")
         elif m["role"] == "tool":
-            out.append(_header("ipython") + m["content"] + "<|eot_id|>")
+            out.append(_header("ipython") + dump_json(m["content"]) + "<|eot_id|>")
         else:
             out.append(_header(m["role"]) + m["content"].strip() + "<|eot_id|>")
     if add_generation_prompt:
