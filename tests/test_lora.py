@@ -262,6 +262,27 @@ def test_lora_zero3_chained_epochs_equal_an_uninterrupted_run(tmp_path, tiny_mod
     assert resolve_model(e2).kind == "merged"
 
 
+def test_lora_mfu_counts_the_cost_modules_lora_flops(tiny_model_dir):
+    from agenttune.cluster.cost.adapters import lora_spec
+    from agenttune.cluster.cost.devices import get_gpu
+    from agenttune.cluster.cost.flops import implied_mfu
+    from agenttune.cluster.cost.shapes import ModelShape
+    from agenttune.train.trainer import measured_mfu
+
+    config = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    compute = {"device": "cpu", "devices": 1, "device_peak_flops": 1.6e11}
+    args = (config, 4000, [100] * 40, 2.0, 1, compute, False, False, lambda m: None, None)
+    full = measured_mfu(*args)["mfu"]
+    with_lora = measured_mfu(*args, train_cfg=LORA)["mfu"]
+    expected = implied_mfu(ModelShape.from_hf_config(config), 4000, 2.0 / 3600, 1, get_gpu("cpu", peak_flops=1.6e11),
+                           [100] * 40, False, None, lora_spec(LORA))
+    assert with_lora == round(expected, 6) and with_lora < full  # no weight gradients of the frozen base
+    said: list[str] = []
+    on_lm_head = dict(LORA, lora={"target_modules": ["lm_head"]})
+    assert measured_mfu(*args[:8], said.append, None, train_cfg=on_lm_head)["mfu"] is None
+    assert said and "MFU not recorded" in said[0] and "lm_head" in said[0]
+
+
 # --------------------------------------------------------------------------- evaluation loads it
 
 @pytest.fixture(scope="module")

@@ -259,13 +259,14 @@ def _cuda_gpu_name() -> str | None:
 
 def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], seconds: float, world_size: int,
                  compute: dict | None, on_gpu: bool, grad_checkpointing: bool, log=print,
-                 trainable_layers: int | None = None) -> dict:
+                 trainable_layers: int | None = None, train_cfg: dict | None = None) -> dict:
     """MFU in agenttune.cluster.cost's convention: its training_flops (6·N·T over the compute parameters + causal attention
     + the recomputed forward when checkpointing; with freeze tuning, the backward pass of the trainable top layers
     only) over the time × devices × peak FLOP/s of one device.
 
     Devices: the ranks on GPUs (one GPU each); on CPU the ranks share the machine, so `compute.devices` machines.
     Peak: `compute.device_peak_flops`, else the cost module's figure for `compute.device`, else the detected GPU.
+    With lora/qlora (`train_cfg`), the FLOPs are the cost module's LoRA count (agenttune.cluster.cost.adapters).
     Returns the metrics entries (mfu None when no peak is known or the device kind does not match the config)."""
     from agenttune.cluster.cost.devices import GPUS, get_gpu
     from agenttune.cluster.cost.flops import MFU_CONVENTION, implied_mfu
@@ -285,8 +286,17 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     if kind is None or not peak or not seconds or not row_lengths:
         return entry
     shape = ModelShape.from_hf_config(model_config)
+    lora = None
+    if train_cfg is not None and train_cfg.get("tuning") in ("lora", "qlora"):
+        from agenttune.cluster.cost.adapters import lora_spec
+
+        try:
+            lora = lora_spec(train_cfg)
+        except ValueError as err:  # e.g. an adapter on lm_head, which the cost model does not size
+            log(f"MFU not recorded: {err}")
+            return entry
     entry["mfu"] = round(implied_mfu(shape, tokens, seconds / 3600, devices, get_gpu(kind, peak_flops=peak),
-                                     row_lengths, grad_checkpointing, trainable_layers), 6)
+                                     row_lengths, grad_checkpointing, trainable_layers, lora), 6)
     return entry
 
 
@@ -534,7 +544,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         "gradient_checkpointing": grad_ckpt,
         **measured_mfu(model.config.to_dict(), rate_tokens, rate_lengths, seconds, world_size, compute, on_gpu,
                        grad_ckpt, log,
-                       trainable_layers(cfg)),
+                       trainable_layers(cfg), cfg),
     }
     if lora.is_peft(cfg):
         if not (ckpt / lora.ADAPTER_WEIGHTS).is_file():
