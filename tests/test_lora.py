@@ -460,3 +460,10 @@ def test_lora_tiny_pipeline_end_to_end(tmp_path):
         assert "Tuning: epoch-1: lora rank 4, alpha 8" in report and "merged lora adapter" in report
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.parametrize("deepspeed, storage", [(False, torch.uint8), (True, torch.bfloat16)])
+def test_lora_qlora_quantization_config_follows_train_lora(deepspeed, storage):
+    q = lora.quantization_config({"quant_type": "fp4", "double_quant": False}, deepspeed)
+    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "fp4", False)
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_storage == storage
