@@ -621,3 +621,54 @@ def test_family_data_stage_refuses_a_tokenizer_without_a_chat_template_before_wr
         format_samples([traces], tmp_path / "samples", cfg, seed=1,
                        tokenizer=family_tokenizer(smol_tokenizer, "llama31", None), log=QUIET)
     assert not list((tmp_path / "samples").glob("*.jsonl"))
+
+
+# --- real data -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_family_traces(tmp_path_factory):
+    from conftest import shared_data
+
+    from agenttune.traces.ingest import SourceSpec, ingest
+
+    out = tmp_path_factory.mktemp("real-family")
+    sources = [
+        SourceSpec("glaive", str(shared_data("glaive_toolcall", "glaive_toolcall_en_demo.json")), "sharegpt_tools",
+                   limit=150),
+        SourceSpec("toolbench", str(shared_data("toolbench_example", "answer")), "openai_messages", limit=60),
+        SourceSpec("parallel", str(shared_data("bfcl_v3", "BFCL_v3_parallel_multiple.json")), "bfcl", limit=40),
+    ]
+    ingest(sources, out / "t.jsonl", out / "q.jsonl", out / "s.json")
+    return [json.loads(line) for line in (out / "t.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def expected_turn(family: str, messages: list[dict], i: int) -> str:
+    """What a trained turn's labels hold: the turn as the model writes it through its end-of-turn token (Qwen3:
+    without reasoning before the last user query)."""
+    module, m = FAMILIES[family], messages[i]
+    if family == "qwen3":
+        last_query = max(k for k, x in enumerate(messages) if x["role"] == "user")
+        if i < last_query or not (i == len(messages) - 1 or m.get("reasoning")):
+            return FAMILIES["qwen25"].model_text(m) + "<|im_end|>"
+    return module.model_text(m) + module.TURN_END[0]
+
+
+@pytest.mark.parametrize("mode", ["native", "project"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_labels_on_real_traces_are_exactly_the_trained_turns(family, mode, real_family_traces, smol_tokenizer):
+    """glaive, ToolBench (long thought text) and BFCL parallel calls, in native and project mode: every sample's
+    label runs, decoded, are exactly its trained turns."""
+    tokenizer = family_tokenizer(smol_tokenizer, family, JINJA[family] if mode == "native" else CHATML_NO_TOOLS)
+    renderers = make_renderers(tokenizer, "auto", QUIET)
+    samples = [render_trace(t, family, "json_schema", renderers) for t in real_family_traces]
+    encoder = ChatEncoder.from_hf(tokenizer, log=QUIET)
+    checked = 0
+    for sample, result in zip(samples, encoder.encode(samples, max_len=100_000)):
+        messages = sample["messages"]
+        expected = [expected_turn(family, messages, i) for i, m in enumerate(messages)
+                    if m["role"] == "assistant" and m["loss"]]
+        # Two trained turns can touch (an answer, then a call, in ToolBench): their runs are then one; the labels
+        # joined must be exactly the turns joined.
+        assert "".join(trained_texts(tokenizer, result.input_ids, result.labels)) == "".join(expected), sample["id"]
+        checked += len(expected)
+    assert checked > 300 and encoder.counts[f"family:{family}:{mode}"] == len(samples)
