@@ -35,7 +35,6 @@ generated character through the end-of-turn token; with reasoning out of the los
 from __future__ import annotations
 
 import hashlib
-import json
 from types import ModuleType
 from typing import Callable
 
@@ -288,8 +287,3 @@ def _common_suffix(a: str, b: str) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def dump_json(value: object) -> str:
-    """JSON the way chat templates' `tojson` writes it (json.dumps defaults, non-ASCII kept)."""
-    return json.dumps(value, ensure_ascii=False)

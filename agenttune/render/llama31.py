@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import re
 
-from agenttune.render.families import dump_json, family_messages
+from agenttune.render.common import dump
+from agenttune.render.families import family_messages
 from agenttune.render.parsing import Call, Malformed, answered_unless_call, call_arguments, call_name, called, malformed
 from agenttune.render.parsing import without_thinking
 
@@ -50,7 +51,7 @@ def _header(role: str) -> str:
 
 
 def call_json(call: dict) -> str:
-    return f'{{"name": "{call["name"]}", "parameters": {dump_json(call["arguments"])}}}'
+    return f'{{"name": "{call["name"]}", "parameters": {dump(call["arguments"])}}}'
 
 
 def render_text(messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool = False) -> str:
@@ -69,7 +70,7 @@ def render_text(messages: list[dict], tools: list[dict] | None, add_generation_p
                 raise ValueError("llama31: an assistant turn holds exactly one call in this format")
             out.append(_header("assistant") + call_json(m["tool_calls"][0]) + "<|eot_id|>")
         elif m["role"] == "tool":
-            out.append(_header("ipython") + dump_json(m["content"]) + "<|eot_id|>")
+            out.append(_header("ipython") + dump(m["content"]) + "<|eot_id|>")
         else:
             out.append(_header(m["role"]) + m["content"].strip() + "<|eot_id|>")
     if add_generation_prompt:

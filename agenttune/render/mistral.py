@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 
-from agenttune.render.families import dump_json, family_messages
+from agenttune.render.common import dump
+from agenttune.render.families import family_messages
 from agenttune.render.parsing import Call, Malformed, answered_unless_call, call_arguments, call_name, called, malformed
 from agenttune.render.parsing import without_thinking
 
@@ -40,7 +41,7 @@ def calls_text(calls: list[dict], ids: list[str]) -> str:
     for i in ids:
         if not CALL_ID.match(i):
             raise ValueError(f"mistral: call id {i!r} is not 9 alphanumeric characters")
-    return "[TOOL_CALLS] [" + ", ".join(dump_json({"name": c["name"], "arguments": c["arguments"]})[:-1]
+    return "[TOOL_CALLS] [" + ", ".join(dump({"name": c["name"], "arguments": c["arguments"]})[:-1]
                                         + f', "id": "{i}"}}' for c, i in zip(calls, ids)) + "]"
 
 
@@ -53,7 +54,7 @@ def render_text(messages: list[dict], tools: list[dict] | None, add_generation_p
             continue
         if m["role"] == "user":
             if tools and i == last_user:
-                out.append("[AVAILABLE_TOOLS] " + dump_json([{"type": "function", "function": t} for t in tools])
+                out.append("[AVAILABLE_TOOLS] " + dump([{"type": "function", "function": t} for t in tools])
                            + "[/AVAILABLE_TOOLS]")
             text = f"{system}\n\n{m['content']}" if system is not None and i == last_user else m["content"]
             out.append(f"[INST] {text}[/INST]")
@@ -62,7 +63,7 @@ def render_text(messages: list[dict], tools: list[dict] | None, add_generation_p
         elif m["role"] == "assistant":
             out.append(f" {m['content'].strip()}</s>")
         elif m["role"] == "tool":
-            result = dump_json({"content": m["content"], "call_id": m.get("tool_call_id", "")})
+            result = dump({"content": m["content"], "call_id": m.get("tool_call_id", "")})
             out.append(f"[TOOL_RESULTS] {result}[/TOOL_RESULTS]")
     return "".join(out)  # the generation prompt is empty: the model writes right after [/INST]
 

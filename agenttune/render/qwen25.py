@@ -15,7 +15,8 @@ Generation stops at `<|im_end|>` (the end of the turn, as text when the tokenize
 
 from __future__ import annotations
 
-from agenttune.render.families import dump_json, family_messages
+from agenttune.render.common import dump
+from agenttune.render.families import family_messages
 from agenttune.render.tool_call import parse as parse_hermes
 
 NAME = "qwen25"
@@ -38,11 +39,11 @@ def render(trace: dict, tool_format: str = "json_schema") -> list[dict]:
 
 
 def tools_block(tools: list[dict]) -> str:
-    return TOOLS_HEAD + "".join("\n" + dump_json({"type": "function", "function": t}) for t in tools) + TOOLS_TAIL
+    return TOOLS_HEAD + "".join("\n" + dump({"type": "function", "function": t}) for t in tools) + TOOLS_TAIL
 
 
 def call_blocks(calls: list[dict]) -> list[str]:
-    return [f'<tool_call>\n{{"name": "{c["name"]}", "arguments": {dump_json(c["arguments"])}}}\n</tool_call>'
+    return [f'<tool_call>\n{{"name": "{c["name"]}", "arguments": {dump(c["arguments"])}}}\n</tool_call>'
             for c in calls]
 
 
