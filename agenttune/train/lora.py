@@ -170,15 +170,19 @@ def lora_config(model, lora_cfg: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def apply_lora(model, cfg: dict, base_model_dir, seed: int, gradient_checkpointing: bool, log=print):
+def apply_lora(model, cfg: dict, base_model_dir, seed: int, gradient_checkpointing: bool, log=print,
+               sharded: bool = False):
     """Wrap `model` (already loaded; for qlora in 4 bits) in LoRA adapters. The adapters' initial values come from
     `seed` (chained and uninterrupted runs start from the same adapters). The adapter config records the base
-    folder as an absolute path, so that transformers' own loading of an epoch folder finds the base."""
+    folder as an absolute path, so that transformers' own loading of an epoch folder finds the base.
+
+    `sharded` (ZeRO-3): a 4-bit base is not passed through prepare_model_for_kbit_training, which would cast its
+    16-bit parameters to fp32 beside ZeRO's bf16 partitions (TRL's SFTTrainer skips it for sharded QLoRA too)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     lora_cfg = cfg["lora"]
     config = lora_config(model, lora_cfg)
-    if cfg["tuning"] == "qlora":
+    if cfg["tuning"] == "qlora" and not sharded:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         # The frozen embeddings give no grad to the inputs; checkpointed layers then would give no grad at all.

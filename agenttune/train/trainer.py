@@ -461,7 +461,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
     if cfg["tuning"] == "freeze":
         freeze_lower_layers(model, cfg["freeze_trainable_layers"])
     if lora.is_peft(cfg):
-        model = lora.apply_lora(model, cfg, base_model_dir, seed, grad_ckpt, log)
+        model = lora.apply_lora(model, cfg, base_model_dir, seed, grad_ckpt, log, sharded=use_deepspeed)
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if ds_config and hasattr(next(model.parameters()), "ds_numel"):
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")
