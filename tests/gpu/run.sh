@@ -39,7 +39,7 @@ import importlib.util, os, platform
 import torch, transformers
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"transformers {transformers.__version__}")
-for name in ("accelerate", "peft", "deepspeed", "flash_attn", "pytest_timeout"):
+for name in ("accelerate", "peft", "bitsandbytes", "deepspeed", "flash_attn", "pytest_timeout"):
     spec = importlib.util.find_spec(name)
     print(f"{name}: {'present' if spec else 'absent'}")
 if torch.cuda.is_available():
