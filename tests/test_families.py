@@ -477,6 +477,19 @@ def test_family_mistral_call_ids_are_nine_alphanumerics_and_deterministic():
     assert results == ids  # each result answers its call by id
 
 
+def test_family_mistral_calls_without_their_ids_are_an_error_not_dropped():
+    from agenttune.render import mistral
+
+    calls = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_time", "arguments": {}}]
+    assert mistral.calls_text(calls, ["AbCdE1234", "FgHiJ5678"]).count('"name"') == 2
+    for ids in ([], ["AbCdE1234"]):
+        with pytest.raises(ValueError, match="call id"):
+            mistral.calls_text(calls, ids)
+    with pytest.raises(ValueError, match="call id"):
+        mistral.render_text([{"role": "user", "content": "Weather?", "loss": False},
+                             {"role": "assistant", "content": "", "loss": True, "tool_calls": calls}], None)
+
+
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -38,6 +38,8 @@ def dropped_thoughts(messages: list[dict]) -> int:
 
 
 def calls_text(calls: list[dict], ids: list[str]) -> str:
+    if len(ids) != len(calls):  # zip would drop the calls without an id from the text
+        raise ValueError(f"mistral: {len(calls)} call(s) but {len(ids)} call id(s) (call_ids): every call needs one")
     for i in ids:
         if not CALL_ID.match(i):
             raise ValueError(f"mistral: call id {i!r} is not 9 alphanumeric characters")
