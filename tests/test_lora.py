@@ -467,3 +467,14 @@ def test_lora_qlora_quantization_config_follows_train_lora(deepspeed, storage):
     q = lora.quantization_config({"quant_type": "fp4", "double_quant": False}, deepspeed)
     assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "fp4", False)
     assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_storage == storage
+
+
+@pytest.mark.parametrize("storage, per_element", [(torch.uint8, 2), (torch.bfloat16, 4)])
+def test_lora_parameter_count_unpacks_4bit_storage(storage, per_element):
+    """A 4-bit parameter holds 2 values per byte of its storage dtype: bf16 storage (qlora under ZeRO-3) holds 4 per
+    element, not 2 (metrics.json `parameters` and the merge decision read this count)."""
+    model = torch.nn.Module()
+    model.packed = torch.nn.Parameter(torch.zeros(6, 1, dtype=storage), requires_grad=False)
+    model.packed.quant_state = object()  # what bitsandbytes' Params4bit carries once quantized
+    model.norm = torch.nn.Parameter(torch.ones(5))
+    assert lora.parameter_count(model) == 6 * per_element + 5

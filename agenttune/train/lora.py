@@ -27,6 +27,19 @@ MERGED_DIR = "merged"
 AUTO_MERGE_MAX_PARAMETERS = 20_000_000_000
 
 
+def parameter_count(model) -> int:
+    """The model's parameters, each counted once at its full size: under zero.Init a parameter's numel() is its
+    local partition (ds_numel is the full size), and a 4-bit bitsandbytes parameter packs 8 / 4 = 2 values per byte
+    of its storage dtype (uint8: 2 per element; bf16 storage, used under ZeRO-3: 4 per element)."""
+    total = 0
+    for p in model.parameters():
+        values = getattr(p, "ds_numel", p.numel())
+        if getattr(p, "quant_state", None) is not None:
+            values *= 2 * p.element_size()
+        total += values
+    return total
+
+
 def is_peft(cfg: dict) -> bool:
     return cfg.get("tuning") in PEFT_TUNINGS
 

@@ -454,10 +454,7 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
             load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype, attn_implementation=attn,
                                                  **load_kwargs)
-    # Under zero.Init a parameter's numel() is its local partition; ds_numel is the full size. A 4-bit parameter
-    # packs two values per element.
-    n_params = sum(getattr(p, "ds_numel", p.numel()) * (2 if getattr(p, "quant_state", None) is not None else 1)
-                   for p in model.parameters())
+    n_params = lora.parameter_count(model)
     if cfg["tuning"] == "freeze":
         freeze_lower_layers(model, cfg["freeze_trainable_layers"])
     if lora.is_peft(cfg):
