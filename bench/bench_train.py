@@ -15,8 +15,15 @@ checkpoint saving are excluded on both sides of every comparison):
 2. packed vs unpacked rows (agenttune.tokenize.pack, max_len 1024), SmolLM2-135M freeze tuning, through the pipeline.
 3. ZeRO-3 on 1 and 2 CPU ranks (gloo; the 2 ranks get 1 core each) vs the plain Trainer, SmolLM2-135M full
    tuning, each as its own process started by agenttune.train.launch.
+4. tuning: LoRA (rank 16, all linear layers) vs freeze (top 6 layers) vs full tuning of SmolLM2-135M on the same
+   rows: tokens/s and the peak RSS of each run's own process (agenttune.train.launch), runs alternating.
+5. equal_time: on the default pipeline's data (config/config.yaml: its train shards and held-out items, made by
+   Snakemake under results/bench-tuning/), one epoch of freeze tuning takes T seconds; LoRA gets the same T (the
+   rows it can train in T at its measured rate, a seeded subset, one epoch with the same schedule shape); both and
+   the base model are then scored on the held-out items with the pipeline's own predict and score.
 
-    .venv/bin/python bench/bench_train.py                 # all three, ~10 min on 2 idle cores
+    .venv/bin/python bench/bench_train.py                 # overhead, packing, zero3: ~10 min on 2 idle cores
+    .venv/bin/python bench/bench_train.py --only tuning --only equal_time   # ~25 min
     .venv/bin/python bench/bench_train.py --only overhead --repeats 3 --out-json /tmp/bench_train.json
 """
 
@@ -29,6 +36,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +66,9 @@ BASE_CFG = {"epochs": 1, "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmu
             "gradient_checkpointing": False}
 FREEZE = {"tuning": "freeze", "freeze_trainable_layers": 6}
 FULL = {"tuning": "full"}
+# merge off: the benchmark times training; a merge happens after the epoch's steps and is not in train_time_s anyway.
+LORA = {"tuning": "lora", "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear",
+                                   "merge": False}}
 MAX_LEN = 1024
 SEED = 1234
 
@@ -205,7 +216,8 @@ def launched_epoch(plan: LaunchPlan, model_dir, shards, cfg, work: Path, name: s
     shutil.rmtree(out.parent, ignore_errors=True)
     note(name, {"tokens": m["tokens"], "seconds": m["train_time_s"]})
     return {"tokens": m["tokens"], "seconds": m["train_time_s"], "job_wall_s": wall, "mfu": m["mfu"],
-            "peak_memory_gib": round(m["peak_memory_bytes"] / 2**30, 2)}
+            "peak_memory_gib": round(m["peak_memory_bytes"] / 2**30, 2),
+            "trainable_parameters": m["trainable_parameters"]}
 
 
 def bench_zero(models, samples, work) -> list[dict]:
@@ -226,6 +238,100 @@ def bench_zero(models, samples, work) -> list[dict]:
              "tokens_per_s": round(r["tokens"] / r["seconds"], 1),
              "ratio": round(r["tokens"] / r["seconds"] / base_rate, 3), "job_wall_s": round(r["job_wall_s"], 1),
              "mfu": r["mfu"], "peak_memory_gib": r["peak_memory_gib"]} for name, r in runs.items()]
+
+
+def bench_tuning(models, samples, repeats, work) -> list[dict]:
+    """LoRA vs freeze vs full on the same rows, each run its own process (its peak RSS is the run's alone)."""
+    shards = write_rows(samples, work / "tuning", packed=False)
+    modes = {"full tuning": FULL, "freeze (top 6 layers)": FREEZE, "LoRA r16, all linear layers": LORA}
+    runs: dict[str, list[dict]] = {name: [] for name in modes}
+    for k in range(repeats):  # alternate, so that a busy moment of the machine hits every mode
+        for name, mode in modes.items():
+            runs[name].append(launched_epoch(LaunchPlan("none"), models["smollm2"], shards, {**BASE_CFG, **mode},
+                                             work, f"tuning-{k}-{mode['tuning']}"))
+    full_rate = median_rate(runs["full tuning"])
+    full_rss = statistics.median(r["peak_memory_gib"] for r in runs["full tuning"])
+    rows = []
+    for name, rs in runs.items():
+        rss = round(statistics.median(r["peak_memory_gib"] for r in rs), 2)
+        rows.append({"benchmark": "tuning", "case": f"SmolLM2-135M, {name}", "tokens": rs[0]["tokens"],
+                     "tokens_per_s": round(median_rate(rs), 1), "ratio": round(median_rate(rs) / full_rate, 3),
+                     "trainable_parameters": rs[0]["trainable_parameters"], "peak_rss_gib": rss,
+                     "rss_ratio": round(rss / full_rss, 3)})
+    return rows
+
+
+def default_run_data(run: str) -> tuple[Path, list[Path], Path, dict]:
+    """The default config's base model, train shards and held-out items, made by the pipeline itself."""
+    import yaml
+
+    targets = [f"results/{run}/shards/manifest.json", f"results/{run}/eval/items/heldout.jsonl"]
+    # --quiet and --config take several values: the targets go before them.
+    cmd = [str(REPO / ".venv" / "bin" / "snakemake"), "--cores", "2", *targets, "--quiet", "all",
+           "--config", f"run={run}"]
+    subprocess.run(cmd, cwd=REPO, check=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    shards = sorted((REPO / "results" / run / "shards").glob("train-*.parquet"))
+    model = REPO / "results" / "models" / config["model"]["name"]
+    return model, shards, REPO / "results" / run / "eval" / "items" / "heldout.jsonl", config
+
+
+def write_subset(rows: list[dict], folder: Path, token_budget: int | None, seed: int) -> tuple[list[Path], int]:
+    """A seeded subset of tokenized rows whose tokens stay within `token_budget` (None: all), as one shard."""
+    order = sorted(rows, key=lambda r: r["id"])
+    random.Random(seed).shuffle(order)
+    kept, tokens = [], 0
+    for r in order:
+        if token_budget is not None and tokens + len(r["input_ids"]) > token_budget:
+            continue
+        kept.append(Encoded(r["id"], np.asarray(r["input_ids"], np.int32), np.asarray(r["labels"], np.int32), False))
+        tokens += len(r["input_ids"])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train-0.parquet"
+    write_table_atomic(shard_table(kept, 1 << 20, packing=False), path)
+    return [path], len(kept)
+
+
+def heldout_score(model_dir: Path, items: Path, out: Path, config: dict) -> dict:
+    from agenttune.evaluate.predict import predict
+    from agenttune.evaluate.score import score_predictions
+
+    ev = config["evaluate"]
+    cfg = {k: ev[k] for k in ("max_new_tokens", "batch_size") if k in ev}
+    predict(model_dir, items, out, cfg, config["seed"], log=lambda m: None)
+    summary = score_predictions(out, ev["lambda"], ev["fuzzy"])["summary"]
+    rounded = {k: round(summary[k], 3) for k in ("score", "em", "fuzzy")}
+    return {"n": summary["n"], **rounded, "score_ci": [round(x, 3) for x in summary["score_ci"]]}
+
+
+def bench_equal_time(work: Path) -> list[dict]:
+    run = "bench-tuning"
+    model, shards, items, config = default_run_data(run)
+    seed = config["seed"]
+    cfg = {**config["train"], "epochs": 1}
+    rows = load_shards(shards)
+    quiet = lambda m: None  # noqa: E731
+    results = {}
+    print("equal_time: freeze, one epoch of the default data", flush=True)
+    freeze = run_training(model, shards, None, work / "freeze" / "epoch-1", 1, cfg, seed, log=quiet)
+    budget_s = freeze["train_time_s"]
+    # LoRA's rate on a small seeded subset, then the rows it can train in the same time.
+    probe_shards, _ = write_subset(rows, work / "probe", sum(len(r["input_ids"]) for r in rows) // 8, seed)
+    probe = run_training(model, probe_shards, None, work / "probe-lora" / "epoch-1", 1,
+                         {**cfg, **LORA}, seed, log=quiet)
+    budget_tokens = int(probe["tokens_per_s"] * budget_s)
+    lora_shards, n_rows = write_subset(rows, work / "lora-rows", budget_tokens, seed)
+    print(f"equal_time: LoRA, {n_rows} of {len(rows)} rows ({budget_tokens} tokens) for {budget_s:.0f} s", flush=True)
+    lora = run_training(model, lora_shards, None, work / "lora" / "epoch-1", 1, {**cfg, **LORA}, seed, log=quiet)
+    for name, folder, m in (("base model", model, None), ("freeze (top 6 layers), 1 epoch", work / "freeze" / "epoch-1",
+                                                          freeze),
+                            ("LoRA r16, same wall time", work / "lora" / "epoch-1", lora)):
+        s = heldout_score(folder, items, work / f"{name.split()[0]}-predictions.jsonl", config)
+        results[name] = {"benchmark": "equal_time", "case": name, "train_time_s": m and m["train_time_s"],
+                         "tokens": m and m["tokens"], "tokens_per_s": m and m["tokens_per_s"],
+                         "trainable_parameters": m and m["trainable_parameters"], **s}
+        print(f"  {name}: score {s['score']:.3f} (EM {s['em']:.3f}) over {s['n']} items", flush=True)
+    return list(results.values())
 
 
 def models_in(work: Path) -> dict:
@@ -249,6 +355,10 @@ def markdown(rows: list[dict]) -> str:
          ("case", "tokens", "unpacked_tokens_per_s", "packed_tokens_per_s", "ratio")),
         ("zero3", "| case | tokens | tok/s | vs plain | job wall s | MFU | peak GiB/rank |",
          ("case", "tokens", "tokens_per_s", "ratio", "job_wall_s", "mfu", "peak_memory_gib")),
+        ("tuning", "| case | tokens | trainable params | tok/s | vs full | peak RSS GiB | vs full |",
+         ("case", "tokens", "trainable_parameters", "tokens_per_s", "ratio", "peak_rss_gib", "rss_ratio")),
+        ("equal_time", "| model | train s | tokens | trainable params | held-out score | EM | fuzzy | score CI | items |",
+         ("case", "train_time_s", "tokens", "trainable_parameters", "score", "em", "fuzzy", "score_ci", "n")),
     ):
         sel = [r for r in rows if r["benchmark"] == kind]
         if sel:
@@ -260,9 +370,10 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=["overhead", "packing", "zero3"], action="append")
+    ap.add_argument("--only", choices=["overhead", "packing", "zero3", "tuning", "equal_time"], action="append")
     ap.add_argument("--samples", type=int, default=24, help="samples per epoch (default 24)")
     ap.add_argument("--zero-samples", type=int, default=8, help="samples for the ZeRO-3 runs (default 8)")
+    ap.add_argument("--tuning-samples", type=int, default=12, help="samples for the tuning-mode runs (default 12)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads of the overhead and packing runs (default 2 = this machine's cores)")
@@ -287,6 +398,10 @@ def main(argv=None) -> int:
             rows += bench_packing(models, samples, args.repeats, work)
         if "zero3" in only:
             rows += bench_zero(models, samples[:args.zero_samples], work)
+        if "tuning" in only:
+            rows += bench_tuning(models, samples[:args.tuning_samples], args.repeats, work)
+        if "equal_time" in only:
+            rows += bench_equal_time(work)
     print(markdown(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.out_json:
