@@ -174,6 +174,22 @@ def test_masks_are_deterministic_by_seed_and_trace():
     assert len(set(names)) == len(names)
 
 
+def test_masking_replaces_function_names_in_the_reasoning_too():
+    """An assistant turn's `reasoning` (what qwen3 writes in <think>) is assistant text: masked like its content;
+    a message without reasoning gets none."""
+    trace = copy.deepcopy(NESTED)
+    trace["messages"][2]["reasoning"] = "book_trip first; get_weather after. translate is not needed."
+    masked, mapping = mask_names(trace, seed=3)
+    fn = mapping["functions"]
+    assert masked["messages"][2]["reasoning"] == (f"{fn['book_trip']} first; {fn['get_weather']} after. "
+                                                  "translate is not needed.")  # a plain word stays
+    assert "reasoning" not in masked["messages"][4] and trace["messages"][2]["reasoning"].startswith("book_trip")
+    # What the qwen3 template writes in <think> carries the masked names, never the original ones.
+    sample = render_trace(masked, "qwen3", "json_schema")
+    think = [m["reasoning"] for m in sample["messages"] if m.get("reasoning")]
+    assert think == [masked["messages"][2]["reasoning"]]
+
+
 def test_irrelevance_copy_removes_the_called_tools_and_answers_without_a_call():
     irrelevant = irrelevant_copy(NESTED)
     assert irrelevant["id"] == "nested-1" + IRRELEVANT_SUFFIX

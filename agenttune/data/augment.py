@@ -6,8 +6,9 @@ Gives:
   - `mask_names(trace, seed)`: the trace with every function name and parameter name replaced by a random but
     readable identifier (`fn_k3x9q`, `arg_7pd2`), consistently in the tool list (nested object properties and
     `required` lists too), the calls' names and argument keys, the tool messages' names, and whole-word mentions of
-    identifier-like function names in the trace's own system and assistant text; descriptions, user text and tool
-    results untouched. Also the mapping used (original -> masked), so a masked render can be read back;
+    identifier-like function names in the trace's own system and assistant text (content and reasoning);
+    descriptions, user text and tool results untouched. Also the mapping used (original -> masked), so a masked
+    render can be read back;
   - `shuffle_tools(trace, seed)`: the tool list in a seeded order;
   - `irrelevant_copy(trace)`: a copy whose called tools are removed from the list (the other tools stay), cut
     after the first user request that led to a call, answered by `IRRELEVANT_ANSWER` without a call; None when no
@@ -185,6 +186,8 @@ def mask_names(trace: dict, seed: int) -> tuple[dict, dict[str, dict[str, str]]]
         m = dict(m)
         if m["role"] in ("system", "assistant"):
             m["content"] = in_text(m["content"])
+        if m["role"] == "assistant" and m.get("reasoning"):  # the model's <think> text names the tools too
+            m["reasoning"] = in_text(m["reasoning"])
         if m.get("tool_calls"):
             m["tool_calls"] = [{**c, "name": functions[c["name"]],
                                 "arguments": _mask_value(c["arguments"], schemas[c["name"]], params)}
