@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from agenttune.common.config import section_with_defaults
 from agenttune.demo.generator import generate_traces
 from agenttune.render import FAMILIES, parse
 from agenttune.render.families import FamilyConfigError, FamilyText, api_messages, api_tools
@@ -615,12 +616,62 @@ def test_family_served_prompt_is_the_models_own_render(family, smol_tokenizer):
     backend = Backend.__new__(Backend)  # the prompt side only: no model is loaded
     backend.tokenizer, backend.template, backend.tool_format, backend.log = tokenizer, family, "json_schema", QUIET
     backend.renderers, backend.family_text = make_renderers(tokenizer, log=QUIET), None
+    backend.chat_template_tools = "auto"
     body = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"}],
             "tools": api_tools(TOOLS)}
     prompt, stops, parsed = backend.prompt(body)
     assert prompt == tokenizer.apply_chat_template(body["messages"], tools=body["tools"], add_generation_prompt=True,
                                                    tokenize=False)
     assert stops == FAMILIES[family].STOP and parsed and backend.family_text.mode == "native"
+
+
+def test_family_server_serves_in_the_models_chat_template_tools_setting(smol_tokenizer, monkeypatch):
+    """A model trained with format.chat_template_tools: builtin is served with the project's template
+    (--chat-template-tools builtin), one trained with auto with its chat template's; the default is the schema's."""
+    from agenttune.evaluate import serve
+    from agenttune.render.samples import make_renderers
+
+    # A Qwen2.5-style chat template whose render differs from the project's (another default system text, an extra
+    # turn): which one served the prompt shows in the text.
+    template = QWEN25.replace("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "Hi.")
+    template = template.replace("{{- '<|im_end|>\\n' }}\n{%- for m in msgs %}",
+                                "{{- '<|im_end|>\\n<|im_start|>user\\nContext line.<|im_end|>\\n' }}\n"
+                                "{%- for m in msgs %}")
+    tokenizer = family_tokenizer(smol_tokenizer, "qwen25", template)
+    body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": api_tools(TOOLS)}
+    prompts = {}
+    for setting in ("auto", "builtin"):
+        backend = serve.Backend.__new__(serve.Backend)  # the prompt side only: no model is loaded
+        backend.tokenizer, backend.template, backend.tool_format = tokenizer, "qwen25", "json_schema"
+        backend.log = QUIET
+        backend.chat_template_tools = serve.chat_template_tools_setting(setting)
+        backend.renderers, backend.family_text = make_renderers(tokenizer, backend.chat_template_tools, QUIET), None
+        prompts[setting], _, _ = backend.prompt(body)
+        assert backend.family_text.mode == ("native" if setting == "auto" else "project")
+    assert "Context line." in prompts["auto"] and "Context line." not in prompts["builtin"]
+    assert prompts["builtin"].startswith("<|im_start|>system\nYou are Qwen")  # the project's documented default
+    assert serve.chat_template_tools_setting(None) == section_with_defaults({}, "format")["chat_template_tools"]
+    with pytest.raises(ValueError, match="--chat-template-tools 'native'"):
+        serve.chat_template_tools_setting("native")
+
+    # The command line hands the setting to the backend (the schema's default when not given).
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def backend(*args):
+        seen.append(args[-1])
+        raise Stop
+
+    monkeypatch.setattr(serve, "Backend", backend)
+    for argv, expected in ((["m", "--template", "qwen25", "--chat-template-tools", "builtin"], "builtin"),
+                           (["m", "--template", "qwen25"], None)):
+        with pytest.raises(Stop):
+            serve.main(argv)
+        assert seen[-1] == expected
+    with pytest.raises(SystemExit):
+        serve.main(["m", "--chat-template-tools", "native"])
 
 
 def test_family_data_stage_refuses_a_tokenizer_without_a_chat_template_before_writing(smol_tokenizer, tmp_path):

@@ -10,11 +10,12 @@ Decoding is greedy with agenttune.evaluate.generate (`temperature`/`top_p` are a
 server answers each on its own thread) queue on a lock and are all answered.
 
 `/v1/chat/completions`: requests with `tools` are rendered in the prompt template the model was tuned on
-(`--template`, `--tool-format`): the OpenAI messages (system, user, assistant `tool_calls`, `role: tool` results)
-become a canonical trace, the template writes the prompt, generation stops at the template's stop strings, and the
-output is parsed back: a call comes back as `tool_calls` (finish_reason "tool_calls"), an answer as `content`, and a
-malformed call attempt as `content` holding the raw text (finish_reason "stop"), so a client can see what the model
-wrote. Requests without tools go through the model's own chat template and return the generated text.
+(`--template`, `--tool-format`, and `--chat-template-tools`: the model's format.chat_template_tools, auto or builtin):
+the OpenAI messages (system, user, assistant `tool_calls`, `role: tool` results) become a canonical trace, the
+template writes the prompt, generation stops at the template's stop strings, and the output is parsed back: a call
+comes back as `tool_calls` (finish_reason "tool_calls"), an answer as `content`, and a malformed call attempt as
+`content` holding the raw text (finish_reason "stop"), so a client can see what the model wrote. Requests without
+tools go through the model's own chat template and return the generated text.
 
 `/v1/completions`: a prompt string (or a list of one) continued as is: its text is exactly what
 `generate(model, tokenizer, [prompt], max_tokens, [stops], 1)` gives (the server engine's predictions equal the
@@ -97,11 +98,33 @@ def openai_to_trace(messages: list, tools: list) -> dict:
     return {"id": "request", "source": "serve", "tools": canon_tools, "messages": out, "meta": {}}
 
 
+def chat_template_tools_choices() -> list[str]:
+    """format.chat_template_tools' values, from the schema."""
+    from agenttune.common.config import section_schema
+
+    return section_schema("format")["properties"]["chat_template_tools"]["enum"]
+
+
+def chat_template_tools_setting(value: str | None) -> str:
+    """format.chat_template_tools for serving: `value`, or the schema's default when None; an unknown value is an
+    error naming --chat-template-tools."""
+    from agenttune.common.config import section_with_defaults
+
+    if value is None:
+        return section_with_defaults({}, "format")["chat_template_tools"]
+    known = chat_template_tools_choices()
+    if value not in known:
+        raise ValueError(f"--chat-template-tools {value!r}: expected one of {', '.join(known)} (the model's "
+                         "format.chat_template_tools)")
+    return value
+
+
 class Backend:
     """The model and how requests become prompts and outputs become responses. One generation at a time."""
 
     def __init__(self, model_dir, template: str = "react", tool_format: str = "json_schema", name: str | None = None,
-                 max_tokens_limit: int = 1024, log=print, precision: str = "bf16"):
+                 max_tokens_limit: int = 1024, log=print, precision: str = "bf16",
+                 chat_template_tools: str | None = None):
         from agenttune.evaluate.generate import load_for_generation
         from agenttune.render.samples import make_renderers
 
@@ -109,7 +132,9 @@ class Backend:
         self.model, self.tokenizer = load_for_generation(model_dir, precision, log=log)
         self.name = name or os.path.basename(os.path.normpath(str(model_dir)))
         self.template, self.tool_format = template, tool_format
-        self.renderers = make_renderers(self.tokenizer, log=log)
+        # How tool prompts are written: as the model was trained (format.chat_template_tools; schema default if None).
+        self.chat_template_tools = chat_template_tools_setting(chat_template_tools)
+        self.renderers = make_renderers(self.tokenizer, self.chat_template_tools, log=log)
         self.family_text = None  # a family template's renderer for this tokenizer, made at the first tool request
         self.max_tokens_limit = max_tokens_limit
         # One request at a time, from its checks to its stream's chunks: generation, and the tokenizer too (a fast
@@ -174,7 +199,8 @@ class Backend:
         last = max(i for i, m in enumerate(rendered) if m["role"] == "assistant")
         if self.template in FAMILIES:  # the family's own format, through the same path as its training text
             if self.family_text is None:
-                self.family_text = FamilyText.from_tokenizer(FAMILIES[self.template], self.tokenizer, "auto", self.log)
+                self.family_text = FamilyText.from_tokenizer(FAMILIES[self.template], self.tokenizer,
+                                                             self.chat_template_tools, self.log)
             text = self.family_text.prompt(rendered[:last], trace["tools"])
             return text, tuple(get_template(self.template).STOP), True
         chat = [{"role": m["role"], "content": m["content"]} for m in rendered[:last]]
@@ -435,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--template", default="react", help="prompt template the model was tuned on (for tools)")
     parser.add_argument("--tool-format", default="json_schema", help="tool-description format (for tools)")
+    parser.add_argument("--chat-template-tools", choices=chat_template_tools_choices(),
+                        help="the format.chat_template_tools the model was trained with (default: the schema's): "
+                             "builtin serves tool_call and family templates with the project's own tool prompt")
     parser.add_argument("--name", help="model name reported by /v1/models (default: the folder name)")
     parser.add_argument("--max-tokens-limit", type=int, default=1024)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
@@ -452,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     backend = Backend(args.model_dir, args.template, args.tool_format, args.name, args.max_tokens_limit, log,
-                      args.precision)
+                      args.precision, args.chat_template_tools)
     server = make_server(backend, args.host, args.port, api_key, args.allow_remote, log)
     host, port = server.server_address[:2]
     log(f"serving {backend.name} on http://{host}:{port}/v1 (template {args.template}, "
