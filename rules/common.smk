@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from agenttune.common.deps import module_files
+from agenttune.render import needs_tokenizer
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
@@ -62,10 +63,8 @@ def format_inputs(wildcards):
         "traces": f"{OUT}/traces/traces.jsonl",
         "ingest_stats": f"{OUT}/traces/ingest_stats.json",
     }
-    # The tool_call template reads the model's chat template (its own tool prompt, if it has one); a family
-    # template reads it to choose native or project mode (agenttune.render.families).
-    tool_templates = ("tool_call", "qwen25", "qwen3", "llama31", "mistral")
-    if any(config["format"]["templates"].get(t, 0) > 0 for t in tool_templates):
+    # tool_call and the family templates read the model's chat template (agenttune.render.TOKENIZER_TEMPLATES).
+    if needs_tokenizer(config["format"]["templates"]):
         inputs["model"] = MODEL_DIR
     return inputs
 

@@ -51,8 +51,9 @@ def eval_items_inputs(wildcards):
             for c in BFCL_CATEGORIES
             if c != "irrelevance"
         ]
-    # Rendering new items (val candidates, BFCL) in the tool_call template may read the model's chat template.
-    if bench != "heldout" and config["format"]["templates"].get("tool_call", 0) > 0:
+    # Rendering new items (val candidates, BFCL) in tool_call or a family template reads the model's chat template,
+    # as the data stage does (agenttune.render.needs_tokenizer).
+    if bench != "heldout" and needs_tokenizer(config["format"]["templates"]):
         inputs["model"] = MODEL_DIR
     return inputs
 

@@ -674,6 +674,43 @@ def test_family_server_serves_in_the_models_chat_template_tools_setting(smol_tok
         serve.main(["m", "--chat-template-tools", "native"])
 
 
+def test_family_templates_give_the_format_and_item_rules_the_model_folder(tmp_path):
+    """One list (agenttune.render.TOKENIZER_TEMPLATES) says which templates read the model's tokenizer: the data
+    stage and the rules building val/BFCL items both get the model folder for a family template, not only for
+    tool_call (a Snakemake dry run of the tiny config with qwen3 instead of tool_call)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from agenttune.render import TOKENIZER_TEMPLATES, needs_tokenizer
+
+    assert set(TOKENIZER_TEMPLATES) == {"tool_call", *FAMILIES}
+    assert needs_tokenizer({"react": 1, "qwen3": 0.5}) and needs_tokenizer({"tool_call": 1})
+    assert not needs_tokenizer({"react": 1, "mistral": 0, "tool_call": 0})
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = yaml.safe_load((repo / "config" / "test" / "config.yaml").read_text(encoding="utf-8"))
+    # No tool_call: a changed copy of the tiny config, not an overlay (Snakemake merges config files key by key).
+    tiny["format"]["templates"] = {"react": 0.8, "qwen3": 0.2}
+    tiny.setdefault("evaluate", {})["val"] = {}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny), encoding="utf-8")
+    run = "pytest-family-items"
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "-n", f"results/{run}/eval/items/val.jsonl", "--configfile", str(config),
+                           "--config", f"run={run}"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    for rule in ("format_samples", "eval_items"):
+        block = re.search(rf"rule {rule}:\n\s*input: (.*)\n", out)
+        assert block, (rule, out[-3000:])
+        inputs = block.group(1).split(", ")
+        assert "results/models/tiny-llama" in inputs, (rule, inputs)
+
+
 def test_family_data_stage_refuses_a_tokenizer_without_a_chat_template_before_writing(smol_tokenizer, tmp_path):
     from agenttune.data.format import format_samples
 

@@ -62,6 +62,16 @@ ALL: dict[str, ModuleType] = {**TEMPLATES, passthrough.NAME: passthrough}
 FAMILIES: dict[str, ModuleType] = {name: m for name, m in TEMPLATES.items() if hasattr(m, "render_text")}
 PARSERS: dict[str, Callable[[str], ParsedOutput]] = {name: module.parse for name, module in TEMPLATES.items()}
 
+# Templates whose render reads the model's tokenizer: tool_call (the model's own tool prompt, if its chat template has
+# one) and the family templates (native or project mode, agenttune.render.families).
+TOKENIZER_TEMPLATES: tuple[str, ...] = ("tool_call", *FAMILIES)
+
+
+def needs_tokenizer(templates: dict[str, float]) -> bool:
+    """Whether rendering in `templates` (format.templates: name -> weight) reads the model's tokenizer: a template
+    of TOKENIZER_TEMPLATES with a weight above 0 (the pipeline then gives the step the model folder)."""
+    return any(templates.get(name, 0) > 0 for name in TOKENIZER_TEMPLATES)
+
 
 def get_template(name: str) -> ModuleType:
     try:
