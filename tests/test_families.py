@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from agenttune.common.atomic import read_jsonl
 from agenttune.common.config import section_with_defaults
 from agenttune.demo.generator import generate_traces
 from agenttune.render import FAMILIES, parse
@@ -623,6 +624,96 @@ def test_family_served_prompt_is_the_models_own_render(family, smol_tokenizer):
     assert prompt == tokenizer.apply_chat_template(body["messages"], tools=body["tools"], add_generation_prompt=True,
                                                    tokenize=False)
     assert stops == FAMILIES[family].STOP and parsed and backend.family_text.mode == "native"
+
+
+# Two user queries answered without a call: a no-tool negative whose first answer is trained before the last query.
+NO_TOOL_TWO_QUERIES = {
+    "id": "no-tool-two-queries", "source": "unit", "tools": TOOLS,
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the chicken cross the road?"},
+    ],
+}
+
+
+def serving_context_errors(family: str, tokenizer, sample: dict, result) -> list[str]:
+    """Each trained turn of an encoded sample against what it is served with: the text before its labels must be
+    the evaluation prompt for that step (agenttune.evaluate.predict.prompts_and_stops) and its labels what the model
+    writes there (Qwen3: with its <think> block). The problems found, as text."""
+    from agenttune.evaluate.predict import prompts_and_stops
+
+    module, messages = FAMILIES[family], sample["messages"]
+    trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m["loss"]]
+    items = [{"template": family, "render_mode": sample["render_mode"], "prompt_messages": messages[:i],
+              "tools": sample["tools"]} for i in trained]
+    prompts, _ = prompts_and_stops(tokenizer, items, QUIET)
+    starts = [k for k, label in enumerate(result.labels)
+              if label != IGNORE_INDEX and (k == 0 or result.labels[k - 1] == IGNORE_INDEX)]
+    runs = trained_texts(tokenizer, result.input_ids, result.labels)
+    if len(starts) != len(trained):
+        return [f"{sample['id']}: {len(starts)} label runs for {len(trained)} trained turns"]
+    errors = []
+    for i, start, run, prompt in zip(trained, starts, runs, prompts):
+        context = tokenizer.decode(result.input_ids[:start], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+        if context != prompt:
+            errors.append(f"{sample['id']} turn {i}: trained after a context that is not its serving prompt")
+        if run != module.model_text(messages[i]) + module.TURN_END[0]:
+            errors.append(f"{sample['id']} turn {i}: trained text {run!r} is not what the model writes when served")
+    return errors
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3"])
+def test_family_samples_cut_at_user_turns_train_each_turn_in_its_serving_context(family, smol_tokenizer, tmp_path):
+    """Mistral writes the tool list and system text before the last user turn, Qwen3 drops the <think> of turns before
+    it: the data stage cuts their train/val samples into one per user turn with trained answers, so that through
+    format_samples -> tokenize every trained turn follows exactly its evaluation prompt and is what the model writes
+    there. The uncut render does not (the check below fails on it), and templates without the attribute are not cut."""
+    from agenttune.data.format import format_samples
+    from agenttune.evaluate.items import items_from_sample
+
+    module = FAMILIES[family]
+    assert module.SPLIT_AT_USER_TURNS and not any(getattr(FAMILIES[f], "SPLIT_AT_USER_TURNS", False)
+                                                  for f in ("qwen25", "llama31"))
+    tokenizer = family_tokenizer(smol_tokenizer, family, JINJA[family])
+    encoder = ChatEncoder.from_hf(tokenizer, log=QUIET)
+
+    # The uncut render: the first query's trained call is out of its serving context.
+    whole = render_trace(TWO_QUERIES, family, "json_schema", make_renderers(tokenizer, "auto", QUIET))
+    [result] = encoder.encode([whole], max_len=4096)
+    assert serving_context_errors(family, tokenizer, whole, result)
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(json.dumps(TWO_QUERIES) + "\n" + json.dumps(NO_TOOL_TWO_QUERIES) + "\n" + json.dumps(TWO_STEP)
+                      + "\n", encoding="utf-8")
+    cfg = {"split": {"val": 0.0, "test": 1e-9},
+           "format": {"templates": {family: 1}, "tool_formats": {"json_schema": 1}, "mix": {"eta": 1.0},
+                      "negatives": {"ratio": None}}}
+    stats = format_samples([traces], tmp_path / "samples", cfg, seed=1, tokenizer=tokenizer, log=QUIET)
+    train = read_jsonl(tmp_path / "samples" / "train.jsonl")
+    assert [s["id"] for s in train] == [
+        f"two-queries#{family}/user0", f"two-queries#{family}/user1", f"no-tool-two-queries#{family}/user0",
+        f"no-tool-two-queries#{family}/user1", f"two-step#{family}"]  # one user turn: kept as it is
+    assert [s.get("user_turn") for s in train] == [0, 1, 0, 1, None]
+    # The pieces: through the answers of their user turn; earlier answers are context (loss false).
+    assert [len(s["messages"]) for s in train[:4]] == [6, 10, 3, 5]
+    assert [m["loss"] for m in train[1]["messages"] if m["role"] == "assistant"] == [False, False, True, True]
+    assert stats["split_at_user_turns"]["train"] == {"samples_cut": 2, "samples_written": 4, "extra_negatives": 1,
+                                                    "extra_irrelevant": 0}
+    assert stats["splits"]["train"]["kind:tool"] == 3 and stats["ratio"]["train"]["positives"] == 3
+    assert stats["splits"]["train"]["kind:no_tool"] == 2 and stats["ratio"]["train"]["negatives"] == 1
+
+    checked = 0
+    for sample, result in zip(train, encoder.encode(train, max_len=4096)):
+        assert serving_context_errors(family, tokenizer, sample, result) == []
+        checked += sum(1 for m in sample["messages"] if m["role"] == "assistant" and m["loss"])
+    assert checked == 7  # 1 + 2 (two-queries), 1 + 1 (no-tool), 2 (two-step)
+    # Items of a piece are its own steps only (the earlier ones are items of the piece before it).
+    assert [it["id"] for s in train[:4] for it in items_from_sample(s, "val", "val")] == [
+        f"two-queries#{family}/user0@2", f"two-queries#{family}/user1@7", f"no-tool-two-queries#{family}/user0@2"]
 
 
 def test_family_server_serves_in_the_models_chat_template_tools_setting(smol_tokenizer, monkeypatch):

@@ -20,7 +20,8 @@ does not grow with the input):
      (BM25) keeping the hardest; then fix, per split, how many negatives of each kind and how many general
      samples to take (exact rational targets; agenttune.data.mix);
   3. render and write: each trace in `renders_per_trace` templates drawn by weight from its id, each with a tool
-     format drawn independently; per-step samples if asked; general chat interleaved proportionally into
+     format drawn independently; per-step samples if asked, one sample per user turn for templates whose render
+     changes with the last user turn (mistral, qwen3: `per_user_turn`); general chat interleaved proportionally into
      train/val (never test: evaluation would make no-tool items of it); train/val traces augmented as configured
      (`format.augment`: name masking, tool-list shuffling, irrelevance copies planned in pass 2;
      agenttune.data.augment); the training text, as augmented, streamed past the held-out n-grams.
@@ -88,9 +89,45 @@ def per_step(sample: dict) -> list[dict]:
     return out
 
 
+def user_turn_segments(messages: list[dict]) -> list[tuple[int, int, int]]:
+    """(user turn number, start, end) for each user turn with trained assistant turns after it, before the next
+    user turn: messages[start:end] is that user turn and its answers (the first one also takes what precedes it)."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    starts, ends = [0] + users[1:], users[1:] + [len(messages)]
+    return [(j, a, b) for j, (a, b) in enumerate(zip(starts, ends))
+            if any(m["role"] == "assistant" and m["loss"] for m in messages[a:b])]
+
+
+def per_user_turn(sample: dict) -> list[dict]:
+    """For templates whose render changes with the last user turn (SPLIT_AT_USER_TURNS: Mistral writes the tool list
+    and system text before it, Qwen3 drops the reasoning of turns before it): one sample per user turn with trained
+    answers, the conversation through those answers, earlier assistant turns kept as context with loss false; so
+    each trained turn is rendered in the context it is served in (that user turn is then the last one). A sample
+    whose trained turns all answer its last user turn is kept as it is."""
+    messages = sample["messages"]
+    segments = user_turn_segments(messages)
+    if len(segments) <= 1 and (not segments or segments[0][2] == len(messages)):
+        return [sample]
+    out = []
+    for j, start, end in segments:
+        cut = [dict(m, loss=False) if m["role"] == "assistant" and k < start and m["loss"] else m
+               for k, m in enumerate(messages[:end])]
+        out.append({**sample, "id": f"{sample['id']}/user{j}", "user_turn": j, "messages": cut})
+    return out
+
+
+def _splits_at_user_turns(template: str) -> bool:
+    return bool(getattr(get_template(template), "SPLIT_AT_USER_TURNS", False))
+
+
 def _trained_steps(trace: dict, template: str) -> int:
     steps = turns(trace, get_template(template).ONE_CALL_PER_STEP)
     return sum(1 for t in steps if t["role"] == "assistant" and t["loss"])
+
+
+def _user_turn_pieces(trace: dict, template: str) -> int:
+    """How many samples per_user_turn makes of the trace's render in `template` (at least one)."""
+    return max(1, len(user_turn_segments(turns(trace, get_template(template).ONE_CALL_PER_STEP))))
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -138,6 +175,8 @@ class _Stage:
         self.tool_formats = {k: w for k, w in fmt["tool_formats"].items() if w > 0}
         self.renders = min(fmt["renders_per_trace"], len(self.templates))
         self.per_step = fmt["per_step"]
+        # Train/val samples of templates with SPLIT_AT_USER_TURNS cut into one per user turn (per_user_turn).
+        self.user_turn_cuts = {s: Counter() for s in SPLITS}
         neg = fmt["negatives"]
         self.ratio, self.order, self.min_score = neg["ratio"], list(neg["order"]), neg["min_score"]
         self.shares = dict(neg["shares"])
@@ -226,6 +265,8 @@ class _Stage:
         chosen = self.templates_for(trace)
         if self.per_step and split != "test" and category == "positive" and chosen != [passthrough.NAME]:
             return sum(_trained_steps(trace, t) for t in chosen)
+        if split != "test" and category == "positive":
+            return sum(_user_turn_pieces(trace, t) if _splits_at_user_turns(t) else 1 for t in chosen)
         return len(chosen)
 
     def with_distractors(self, trace: dict, split: str) -> tuple[dict, int]:
@@ -280,7 +321,16 @@ class _Stage:
             fmt = choose_tool_format(trace["id"], template, self.tool_formats, self.seed)
             sample = render_trace(trace, template, fmt, self.renderers)
             if self.per_step and split != "test" and category == "positive":
-                out.extend(per_step(sample))
+                out.extend(per_step(sample))  # each step sample ends at its trained turn: stable as it is
+            elif split != "test" and _splits_at_user_turns(template):
+                pieces = per_user_turn(sample)
+                if len(pieces) > 1 or pieces[0] is not sample:
+                    cuts = self.user_turn_cuts[split]
+                    cuts["samples_cut"] += 1
+                    cuts["samples_written"] += len(pieces)
+                    if category != "positive":  # the ratio and eta plans count a negative's render once
+                        cuts["extra_irrelevant" if category == "irrelevant" else "extra_negatives"] += len(pieces) - 1
+                out.extend(pieces)
             else:
                 out.append(sample)
         return out
@@ -686,12 +736,13 @@ def _stats(stage: _Stage, result: dict) -> dict:
         plan, c = stage.plan[split], counts[split]
         p, n = plan["positives"], plan["negatives"]
         irrelevant = stage.irrelevance_plan.get(split, {}).get("samples", 0)
-        if (c["kind:tool"] != p or c["kind:no_tool"] - c["general"] - c["negative_kind:irrelevant"] != n
-                or c["negative_kind:irrelevant"] != irrelevant):
+        # A negative's render cut at user turns counts once in the plan; its further pieces are counted apart.
+        cuts = stage.user_turn_cuts[split]
+        written_irrelevant = c["negative_kind:irrelevant"] - cuts["extra_irrelevant"]
+        written_negatives = c["kind:no_tool"] - c["general"] - c["negative_kind:irrelevant"] - cuts["extra_negatives"]
+        if c["kind:tool"] != p or written_negatives != n or written_irrelevant != irrelevant:
             raise AssertionError(f"{split}: planned {p} positives / {n} negatives / {irrelevant} irrelevance "
-                                 f"copies, wrote {c['kind:tool']} / "
-                                 f"{c['kind:no_tool'] - c['general'] - c['negative_kind:irrelevant']} / "
-                                 f"{c['negative_kind:irrelevant']}")
+                                 f"copies, wrote {c['kind:tool']} / {written_negatives} / {written_irrelevant}")
         ratio[split] = {
             "positives": p, "negatives": n, "achieved": mix.fraction(p, n),
             "positives_per_negative": round(p / n, 6) if n else None,
@@ -731,6 +782,9 @@ def _stats(stage: _Stage, result: dict) -> dict:
         "tool_lists_indexed": {s: len(stage.tool_lists[s]) for s in SPLITS},
         "mining_candidates_scored": {s: stage.mined_scored[s] for s in SPLITS},
     }
+    if any(_splits_at_user_turns(t) for t in stage.templates):  # only then: other configs' stats stay as they were
+        stats["split_at_user_turns"] = {s: {k: stage.user_turn_cuts[s][k] for k in (
+            "samples_cut", "samples_written", "extra_negatives", "extra_irrelevant")} for s in ("train", "val")}
     if stage.augment:  # only when configured: without it stats.json stays as it always was
         stats["augment"] = _augment_stats(stage, counts, result["augmented"])
     return stats

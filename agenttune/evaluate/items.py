@@ -46,13 +46,16 @@ _WORD = re.compile(r"\w+")
 # --- items from samples -------------------------------------------------------------------------------------------
 
 def items_from_sample(sample: dict, benchmark: str, origin: str) -> list[dict]:
-    """One item per assistant step with a tool call, one for the first answer of a no-tool sample."""
+    """One item per assistant step with a tool call, one for the first answer of a no-tool sample. A sample cut at
+    user turns (its "user_turn"; agenttune.data.format.per_user_turn) gives items only for the turns after its last
+    user turn: the earlier ones are its context, and items of the piece before it."""
     msgs = sample["messages"]
     first_assistant = next((j for j, m in enumerate(msgs) if m["role"] == "assistant"), None)
     family = FAMILIES.get(sample["template"])
+    context_end = (max(j for j, m in enumerate(msgs) if m["role"] == "user") if "user_turn" in sample else -1)
     items = []
     for i, msg in enumerate(msgs):
-        if msg["role"] != "assistant":
+        if msg["role"] != "assistant" or i < context_end:
             continue
         calls = msg.get("tool_calls") or []
         if calls:

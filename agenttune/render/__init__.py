@@ -24,7 +24,9 @@ each template's stops (`get_template(name).STOP`); config/schema.yaml lists the 
 The family templates (qwen25, qwen3, llama31, mistral) also have `render_text(messages, tools,
 add_generation_prompt)`, `model_text(message)`, `recognizes(text)`, `TURN_OPEN` and `TURN_END`: their samples carry
 OpenAI-style messages (roles system/user/assistant/tool) that the tokenize and evaluate stages render to text
-through agenttune.render.families (`FAMILIES` lists them).
+through agenttune.render.families (`FAMILIES` lists them). Those whose render changes with the last user turn
+(mistral, qwen3) set `SPLIT_AT_USER_TURNS = True`: the data stage cuts their train/val samples into one per user
+turn (agenttune.data.format.per_user_turn), so each trained turn is trained in the context it is served in.
 
 `passthrough` is not a prompt template to choose: it keeps already-rendered text (AgentInstruct) and general chat,
 and has no parser (its samples make no evaluation items).

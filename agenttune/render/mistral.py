@@ -24,6 +24,7 @@ from agenttune.render.parsing import without_thinking
 NAME = "mistral"
 STOP = ("</s>", "[TOOL_RESULTS]", "[INST]")
 ONE_CALL_PER_STEP = False
+SPLIT_AT_USER_TURNS = True  # the render changes with the last user turn: train/val samples are cut at user turns
 TURN_OPEN = ("[/INST]", "[/TOOL_RESULTS]", "</s>")  # "</s>": an assistant turn right after another one
 TURN_END = ("</s>",)
 CALL_ID = re.compile(r"^[A-Za-z0-9]{9}$")

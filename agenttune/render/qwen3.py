@@ -18,6 +18,7 @@ from agenttune.render.tool_call import parse as parse_hermes
 NAME = "qwen3"
 STOP = ("<|im_end|>", "<tool_response>")
 ONE_CALL_PER_STEP = False
+SPLIT_AT_USER_TURNS = True  # the render changes with the last user turn: train/val samples are cut at user turns
 TURN_OPEN = ("<|im_start|>assistant\n",)
 TURN_END = ("<|im_end|>",)
 THINK_END = "</think>\n\n"  # reasoning out of the loss: labels start at the text after the block
