@@ -17,9 +17,13 @@ with stage_log(snakemake.log[0]) as log:
     manifest = json.loads(open(snakemake.input.manifest).read())
     # max_len as tokenization used it (the shards manifest records it), not as the config says now.
     offload = {k: bool(p.deepspeed and p.deepspeed[k]) for k in ("offload_optimizer", "offload_params")}
+    try:
+        lora = lora_spec(p.tuning)
+    except ValueError as err:  # a train.lora name the cost model cannot size (the trainer refuses it too)
+        sys.exit(f"preflight refused the run (no training job was submitted):\n{err}")
     plan = plan_for_run(model_config, manifest, p.compute, p.epochs, manifest["max_len"], p.grad_checkpointing,
                         offload["offload_optimizer"], offload["offload_params"], p.model_name,
-                        trainable_layers(p.tuning), lora_spec(p.tuning))
+                        trainable_layers(p.tuning), lora)
     verdict, rows = run_preflight(plan)
     log(verdict.message)
     if not verdict.fits:

@@ -472,6 +472,56 @@ def test_lora_flops_by_hand():
     assert implied_mfu(qwen, 1e8, t.hours_per_epoch, 2, A100, 4096, lora=LoraSpec()) == pytest.approx(0.2)
 
 
+def test_lora_adapter_on_lm_head_by_hand():
+    # lm_head is one hidden × vocab linear outside the decoder layers: r·(hidden + vocab) = 2·(4 + 10) = 28, once
+    head = LoraSpec(rank=2, target_modules=("lm_head",))
+    assert head.adapter_params(TOY) == 28 and head.layer_adapter_params(TOY) == 0
+    both = LoraSpec(rank=2, target_modules=LINEAR_MODULES + ("lm_head",))
+    two = ModelShape("toy2", layers=2, hidden=4, intermediate=8, heads=2, kv_heads=1, vocab=10, tie_embeddings=True)
+    assert both.adapter_params(TOY) == 128 + 28 and both.adapter_params(two) == 2 * 128 + 28
+    assert both.trainable_params(TOY) == 156 and "lm_head" in both.describe(TOY)
+    # Qwen2.5-7B, rank 16: 16 · (3584 + 152064) = 2,490,368
+    assert LoraSpec(target_modules=("lm_head",)).adapter_params(PRESETS["qwen2.5-7b"]) == 2_490_368
+    # activations: lm_head's lora_B input (r·2 = 4 bytes) and the dropped copy of its input with the mask (4 values ·
+    # 3 bytes = 12) per token, once; kept under checkpointing too (lm_head is outside the checkpointed layers)
+    assert lora_activation_bytes(two, both, 3, False) == 3 * (2 * 124 + 16)
+    assert lora_activation_bytes(two, both, 3, True) == 3 * (124 + 16)
+    assert lora_activation_bytes(two, LoraSpec(rank=2, target_modules=("lm_head",), dropout=0.0), 3, False) == 3 * 4
+    # FLOPs: the adapter's forward 2·28 per token, its backward 2 × that; checkpointing recomputes the layers' only
+    plain = training_flops(TOY, 10, seq_len=1, lora=LoraSpec(rank=2))
+    with_head = training_flops(TOY, 10, seq_len=1, lora=both)
+    assert with_head.dense == plain.dense + 3 * 56 * 10 and with_head.attention == plain.attention
+    ckpt = training_flops(TOY, 10, seq_len=1, grad_checkpointing=True, lora=both)
+    assert ckpt.recompute == training_flops(TOY, 10, seq_len=1, grad_checkpointing=True,
+                                            lora=LoraSpec(rank=2)).recompute == (2 * 152 + 256) * 10 + 160
+
+
+def test_lora_names_the_cost_model_cannot_size_are_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"train\.lora\.target_modules: adapter_probe cannot be sized by the "
+                                         r"cost model .*neither the preflight nor the trainer accepts it.*lm_head"):
+        lora_spec({"tuning": "lora", "lora": {"target_modules": ["q_proj", "adapter_probe"]}})
+    with pytest.raises(ValueError, match=r"train\.lora\.modules_to_save: self_attn cannot be sized"):
+        lora_spec({"tuning": "lora", "lora": {"modules_to_save": ["self_attn"]}})
+    assert lora_spec({"tuning": "lora", "lora": {"target_modules": ["lm_head"]}}).target_modules == ("lm_head",)
+
+
+def test_lora_spec_defaults_are_the_schemas(monkeypatch):
+    """LoraSpec writes no train.lora default of its own: a field left out takes config/schema.yaml's."""
+    import copy
+
+    from agenttune.common import config
+
+    assert LoraSpec() == lora_spec({"tuning": "lora"}) and LoraSpec(rank=2).dropout == 0.05
+    schema = copy.deepcopy(config.load_schema())
+    lora_schema = schema["properties"]["train"]["properties"]["lora"]["properties"]
+    lora_schema["rank"]["default"], lora_schema["dropout"]["default"] = 7, 0.0
+    lora_schema["target_modules"]["default"] = ["q_proj"]
+    monkeypatch.setattr(config, "load_schema", lambda *a, **k: schema)
+    spec = LoraSpec("qlora")
+    assert (spec.rank, spec.dropout, spec.target_modules, spec.quant_type) == (7, 0.0, ("q_proj",), "nf4")
+    assert LoraSpec(rank=3).rank == 3
+
+
 def test_lora_spec_reads_the_train_section_and_names_bad_keys():
     assert lora_spec({"tuning": "full"}) is None and lora_spec({"tuning": "freeze"}) is None
     spec = lora_spec({"tuning": "lora"})  # the schema's defaults

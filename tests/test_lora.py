@@ -277,10 +277,73 @@ def test_lora_mfu_counts_the_cost_modules_lora_flops(tiny_model_dir):
     expected = implied_mfu(ModelShape.from_hf_config(config), 4000, 2.0 / 3600, 1, get_gpu("cpu", peak_flops=1.6e11),
                            [100] * 40, False, None, lora_spec(LORA))
     assert with_lora == round(expected, 6) and with_lora < full  # no weight gradients of the frozen base
+    # an adapter on lm_head is sized too (r·(hidden + vocab)): recorded, not skipped
     said: list[str] = []
-    on_lm_head = dict(LORA, lora={"target_modules": ["lm_head"]})
-    assert measured_mfu(*args[:8], said.append, None, train_cfg=on_lm_head)["mfu"] is None
-    assert said and "MFU not recorded" in said[0] and "lm_head" in said[0]
+    with_head = dict(LORA, lora={"target_modules": ["q_proj", "lm_head"]})
+    on_head = measured_mfu(*args[:8], said.append, None, train_cfg=with_head)["mfu"]
+    expected = implied_mfu(ModelShape.from_hf_config(config), 4000, 2.0 / 3600, 1, get_gpu("cpu", peak_flops=1.6e11),
+                           [100] * 40, False, None, lora_spec(with_head))
+    assert on_head == round(expected, 6) and on_head is not None and not said
+
+
+# --------------------------------------------------------------------------- the trainer and the cost model agree
+
+TARGET_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens",
+                "norm", "self_attn", "mlp", "rotary_emb", "layers", "qkv_proj", "score", "adapter_probe")
+SAVED_NAMES = TARGET_NAMES + ("input_layernorm", "post_attention_layernorm")
+
+
+def accepts(check, *args) -> bool:
+    try:
+        check(*args)
+    except ValueError:
+        return False
+    return True
+
+
+def test_lora_trainer_and_cost_model_accept_the_same_names(tiny_model_dir):
+    """One rule: every name is accepted by both the trainer (on a real model) and the cost preflight, or by neither.
+    `adapter_probe` is an nn.Linear of the model that the cost model cannot size: the trainer must refuse it too."""
+    from transformers import AutoModelForCausalLM
+
+    from agenttune.cluster.cost.adapters import lora_spec
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.model.adapter_probe = torch.nn.Linear(4, 4)
+    targets = {name: (accepts(lora.resolve_target_modules, model, [name]),
+                      accepts(lora_spec, {"tuning": "lora", "lora": {"target_modules": [name]}}))
+               for name in TARGET_NAMES}
+    assert {n: t for n, (t, c) in targets.items() if t != c} == {}
+    assert [n for n, (t, _) in targets.items() if t] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj", "lm_head"]
+    saved = {name: (accepts(lora.check_modules_to_save, model, [name]),
+                    accepts(lora_spec, {"tuning": "lora", "lora": {"modules_to_save": [name]}}))
+             for name in SAVED_NAMES}
+    assert {n: t for n, (t, c) in saved.items() if t != c} == {}
+    assert sorted(n for n, (t, _) in saved.items() if t) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens",
+         "norm", "input_layernorm", "post_attention_layernorm"])
+    with pytest.raises(ValueError, match=r"train\.lora\.target_modules: adapter_probe cannot be sized by the cost "
+                                         r"model"):
+        lora.resolve_target_modules(model, ["q_proj", "adapter_probe"])
+
+
+@pytest.mark.parametrize("targets, saved", [(["q_proj", "lm_head"], []), ("all-linear", ["lm_head"]),
+                                            (["lm_head"], ["norm", "input_layernorm"])])
+def test_lora_cost_model_counts_the_adapters_the_trainer_builds(tiny_model_dir, targets, saved):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from agenttune.cluster.cost.adapters import lora_spec
+    from agenttune.cluster.cost.shapes import ModelShape
+    from agenttune.common.config import section_with_defaults
+
+    lora_cfg = section_with_defaults({"rank": 4, "target_modules": targets, "modules_to_save": saved}, "train", "lora")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    shape = ModelShape.from_hf_config(model.config.to_dict())
+    peft_model = get_peft_model(model, lora.lora_config(model, lora_cfg))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == lora_spec({"tuning": "lora", "lora": lora_cfg}).trainable_params(shape)
 
 
 # --------------------------------------------------------------------------- evaluation loads it
@@ -385,6 +448,26 @@ def test_lora_explicit_targets_train_only_those(tmp_path, tiny_model_dir, shards
     assert resolve_model(tmp_path / "epoch-1").kind == "adapter"
 
 
+def test_lora_modules_to_save_trains_exactly_the_named_modules(tmp_path, tiny_model_dir, shards):
+    """PEFT matches modules_to_save as name suffixes (a bare `norm` is also every `input_layernorm`); the trainer gives
+    it full names, so `norm` trains the final norm alone, as the cost model counts it. Base + adapter reloads equal to
+    the merged folder."""
+    cfg = dict(LORA, epochs=1, learning_rate=3e-3, lora={"rank": 4, "target_modules": ["q_proj"],
+                                                         "modules_to_save": ["norm"]})
+    out = tmp_path / "epoch-1"
+    metrics = train_epoch(tiny_model_dir, shards, None, out, 1, cfg, SEED, **QUIET)
+    assert metrics["trainable_parameters"] == 2 * 4 * (64 + 64) + 64  # q_proj's adapters in 2 layers, the final norm
+    base = load_file(Path(tiny_model_dir) / "model.safetensors")
+    merged = load_file(out / "merged" / "model.safetensors")
+    assert not torch.equal(merged["model.norm.weight"], base["model.norm.weight"])
+    assert all(torch.equal(merged[k], base[k]) for k in base if "layernorm" in k)
+    shutil.copytree(out, tmp_path / "unmerged")
+    shutil.rmtree(tmp_path / "unmerged" / "merged")
+    in_memory, source = load_model(tmp_path / "unmerged", **QUIET)
+    assert source.kind == "adapter"
+    assert torch.equal(in_memory.state_dict()["model.norm.weight"], merged["model.norm.weight"])
+
+
 def test_lora_qlora_on_this_cpu_install_is_refused_naming_the_key(tmp_path, tiny_model_dir, shards):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: qlora may run here (tests/gpu/test_gpu_train.py covers it)")
@@ -401,6 +484,47 @@ def test_lora_epoch_resumed_under_another_tuning_is_refused(tmp_path, tiny_model
     train_epoch(tiny_model_dir, shards, None, full, 1, CFG, SEED, **QUIET)
     with pytest.raises(ValueError, match=r"train\.tuning: lora, but .*epoch-1 holds full model weights"):
         train_epoch(tiny_model_dir, shards, full, tmp_path / "epoch-2", 2, LORA, SEED, **QUIET)
+
+
+@pytest.mark.parametrize("key, value, was, now", [
+    ("rank", 8, "4", "8"), ("alpha", 16, "8.0", "16.0"), ("dropout", 0.1, "0.05", "0.1"),
+    ("modules_to_save", ["lm_head"], "[]", "['lm_head']"),
+    ("target_modules", ["q_proj", "v_proj"], "adapters on ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', "
+                                             "'up_proj', 'v_proj']", "on ['q_proj', 'v_proj']"),
+])
+def test_lora_epoch_resumed_with_other_lora_settings_is_refused(tmp_path, tiny_model_dir, shards, lora_chain, key,
+                                                                 value, was, now):
+    import re
+
+    cfg = dict(LORA, lora={**LORA["lora"], key: value})
+    with pytest.raises(ValueError, match=rf"train\.lora\.{key}: .*epoch-1 was trained with {re.escape(was)}, "
+                                         rf"now {re.escape(now)}: every epoch"):
+        train_epoch(tiny_model_dir, shards, lora_chain["e1"], tmp_path / "epoch-2", 2, cfg, SEED, **QUIET)
+    assert not (tmp_path / "epoch-2").exists()
+
+
+def test_lora_resume_check_compares_qlora_quantization_and_needs_the_record(tmp_path):
+    from agenttune.common.config import section_with_defaults
+
+    folder = tmp_path / "epoch-1"
+    folder.mkdir()
+    (folder / lora.ADAPTER_WEIGHTS).write_bytes(b"")
+    cfg = section_with_defaults({"tuning": "qlora", "lora": {"rank": 4, "target_modules": ["q_proj"]}}, "train")
+    lora.write_record(folder, lora.record(cfg, ["q_proj"], tmp_path, 100, False, "why", folder))
+    assert (folder / lora.RECORD_NAME).read_text().endswith("}\n")
+    lora.check_resume(folder, cfg)
+    lora.check_resume(folder, {**cfg, "lora": {**cfg["lora"], "merge": True}})  # merge is no training setting
+    lora.check_resume(folder, {**cfg, "lora": {**cfg["lora"], "target_modules": "all-linear"}})  # checked later
+    for key, value, was in (("quant_type", "fp4", "'nf4'"), ("double_quant", False, "True")):
+        with pytest.raises(ValueError, match=rf"train\.lora\.{key}: .* was trained with {was}, now {value!r}"):
+            lora.check_resume(folder, {**cfg, "lora": {**cfg["lora"], key: value}})
+    with pytest.raises(ValueError, match=r"train\.lora\.target_modules: .* was trained with adapters on \['q_proj'\], "
+                                         r"now on \['k_proj', 'q_proj'\]"):
+        lora.check_resume_targets(folder, ["q_proj", "k_proj"])
+    lora.check_resume_targets(folder, ["q_proj"])
+    (folder / lora.RECORD_NAME).unlink()
+    with pytest.raises(ValueError, match=r"holds an adapter without its lora\.json"):
+        lora.check_resume(folder, cfg)
 
 
 def test_lora_ignores_freeze_trainable_layers_and_says_so():

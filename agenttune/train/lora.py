@@ -6,7 +6,10 @@ merge decision, the merged full model of an epoch, and the record (`lora.json` i
 agenttune.train.checkpoint reads to load base + adapter for evaluation and serving.
 
 `target_modules: all-linear` is resolved here into explicit names (the leaf names of every nn.Linear inside the
-decoder layers, not lm_head), so that the adapter config an epoch folder keeps says which layers were adapted.
+decoder layers, not lm_head), so that the adapter config an epoch folder keeps says which layers were adapted. An
+explicit target or modules_to_save name must exist in the model AND be one the cost model sizes
+(agenttune.cluster.cost.adapters.check_target_modules / check_modules_to_save: the preflight's own rule), so that the
+trainer and the preflight accept the same runs.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from pathlib import Path
 
 import torch
 
+from agenttune.cluster.cost import adapters as cost_adapters
+from agenttune.common.manifest import write_json_atomic
+
 PEFT_TUNINGS = ("lora", "qlora")
 RECORD_NAME = "lora.json"  # in an epoch folder: tuning, settings, base model path, merged or not
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = "merged"
-# merge: auto merges lora when the base has at most this many parameters (a merged 72B copy is 145 GB per epoch).
-AUTO_MERGE_MAX_PARAMETERS = 20_000_000_000
 
 
 def parameter_count(model) -> int:
@@ -91,16 +95,26 @@ def resolve_target_modules(model, setting) -> list[str]:
     if missing:
         raise ValueError(f"train.lora.target_modules: {', '.join(repr(m) for m in missing)} is not a linear module "
                          f"of {type(model).__name__}; its linear modules are: {', '.join(available)}")
+    cost_adapters.check_target_modules(setting)
     return list(setting)
 
 
 def check_modules_to_save(model, names: list[str]) -> None:
-    """Each `train.lora.modules_to_save` name must be a module of the model (matched on the last name part)."""
+    """Each `train.lora.modules_to_save` name must be a module of the model (matched on the last name part) and one
+    the cost model sizes."""
     leaves = {full.rsplit(".", 1)[-1] for full, _ in model.named_modules() if full}
     missing = [n for n in names if n not in leaves]
     if missing:
         raise ValueError(f"train.lora.modules_to_save: {', '.join(repr(m) for m in missing)} is not a module of "
                          f"{type(model).__name__} (e.g. embed_tokens, lm_head)")
+    cost_adapters.check_modules_to_save(names)
+
+
+def resolve_modules_to_save(model, names: list[str]) -> list[str]:
+    """The full names of the modules whose last name part is one of `names`: what PEFT is given. PEFT matches its
+    modules_to_save as name suffixes, so a bare `norm` would also train every `input_layernorm` and
+    `post_attention_layernorm`; the full names train exactly the named modules, as the cost model counts them."""
+    return [full for full, _ in model.named_modules() if full and full.rsplit(".", 1)[-1] in names]
 
 
 def check_config(cfg: dict, log=print) -> None:
@@ -126,24 +140,56 @@ def check_config(cfg: dict, log=print) -> None:
 
 
 def check_resume(folder, cfg: dict) -> None:
-    """A checkpoint resumes only under the tuning that wrote it: the Trainer would load a full model's weights into
-    an adapter model (or the reverse) without an error and train from the wrong start."""
+    """A checkpoint resumes only under the tuning and the `train.lora` settings that wrote it: the Trainer would load
+    a full model's weights into an adapter model (or the reverse) without an error and train from the wrong start,
+    and PEFT loads an adapter of another rank or other modules with a warning or fails deep inside. Compared here
+    from the previous epoch's lora.json: rank, alpha, dropout, modules_to_save and (qlora) the quantization;
+    target_modules once the model is built (`check_resume_targets`: all-linear resolves on the model)."""
     has_adapter = (Path(folder) / ADAPTER_WEIGHTS).is_file()
     if has_adapter != is_peft(cfg):
         written = "an adapter (lora/qlora)" if has_adapter else "full model weights (full/freeze)"
         raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} holds {written}: every epoch of a run must be "
                          "trained with the same tuning")
-    if has_adapter:
-        record = Path(folder) / RECORD_NAME
-        if record.is_file():
-            before = json.loads(record.read_text())["tuning"]
-            if before != cfg["tuning"]:
-                raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} was trained with {before}: every "
-                                 "epoch of a run must be trained with the same tuning")
+    if not has_adapter:
+        return
+    record_path = Path(folder) / RECORD_NAME
+    if not record_path.is_file():
+        raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} holds an adapter without its {RECORD_NAME}: "
+                         "its settings cannot be checked against train.lora (not an epoch folder of this trainer?)")
+    before = json.loads(record_path.read_text())
+    if before["tuning"] != cfg["tuning"]:
+        raise ValueError(f"train.tuning: {cfg['tuning']}, but {folder} was trained with {before['tuning']}: every "
+                         "epoch of a run must be trained with the same tuning")
+    now = _resume_settings(cfg["tuning"], cfg["lora"])
+    was = _resume_settings(before["tuning"], {**before, **before.get("quantization", {})})
+    for key, value in now.items():
+        if was[key] != value:
+            raise ValueError(f"train.lora.{key}: {folder} was trained with {was[key]!r}, now {value!r}: every epoch "
+                             "of a run must be trained with the same train.lora settings")
+
+
+def _resume_settings(tuning: str, lora_cfg: dict) -> dict:
+    """The `train.lora` settings an adapter's training depends on, in comparable form (merge is not one of them:
+    it only decides what is written after training)."""
+    settings = {"rank": int(lora_cfg["rank"]), "alpha": float(lora_cfg["alpha"]),
+                "dropout": float(lora_cfg["dropout"]), "modules_to_save": sorted(lora_cfg["modules_to_save"])}
+    if tuning == "qlora":
+        settings |= {"quant_type": lora_cfg["quant_type"], "double_quant": bool(lora_cfg["double_quant"])}
+    return settings
+
+
+def check_resume_targets(folder, target_modules: list[str]) -> None:
+    """The adapted modules of the model about to train (target_modules resolved) against the previous epoch's."""
+    before = json.loads((Path(folder) / RECORD_NAME).read_text())["target_modules"]
+    if sorted(before) != sorted(target_modules):
+        raise ValueError(f"train.lora.target_modules: {folder} was trained with adapters on {sorted(before)}, now "
+                         f"on {sorted(target_modules)}: every epoch of a run must be trained with the same "
+                         "train.lora settings")
 
 
 def merge_decision(tuning: str, merge, n_params: int) -> tuple[bool, str]:
-    """(write the merged model?, why): `train.lora.merge` auto merges lora at <= 20B parameters, never qlora."""
+    """(write the merged model?, why): `train.lora.merge` auto merges lora of at most
+    agenttune.cluster.cost.adapters.MERGE_AUTO_MAX_PARAMS (20B) parameters, never qlora."""
     if merge is True:
         if tuning == "qlora":
             return True, ("train.lora.merge: true with qlora: the merged model is the adapter added to the 16-bit base; "
@@ -154,11 +200,13 @@ def merge_decision(tuning: str, merge, n_params: int) -> tuple[bool, str]:
     if tuning == "qlora":
         return False, ("train.lora.merge: auto does not merge qlora (a 16-bit merge is not the 4-bit model that was "
                        "trained); evaluation loads the 4-bit base + adapter")
-    if n_params > AUTO_MERGE_MAX_PARAMETERS:
+    limit = cost_adapters.MERGE_AUTO_MAX_PARAMS
+    if n_params > limit:
         return False, (f"train.lora.merge: auto does not merge a base of {n_params / 1e9:.1f}B parameters (more than "
-                       f"{AUTO_MERGE_MAX_PARAMETERS / 1e9:.0f}B: a merged copy per epoch costs "
-                       f"{n_params * 2 / 1e9:.0f} GB in bf16); evaluation loads base + adapter")
-    return True, f"train.lora.merge: auto merges a base of {n_params / 1e9:.3g}B parameters (at most 20B)"
+                       f"{limit / 1e9:.0f}B: a merged copy per epoch costs {n_params * 2 / 1e9:.0f} GB in bf16); "
+                       "evaluation loads base + adapter")
+    return True, (f"train.lora.merge: auto merges a base of {n_params / 1e9:.3g}B parameters (at most "
+                  f"{limit / 1e9:.0f}B)")
 
 
 def quantization_config(lora_cfg: dict, use_deepspeed: bool = False):
@@ -178,9 +226,9 @@ def lora_config(model, lora_cfg: dict):
 
     targets = resolve_target_modules(model, lora_cfg["target_modules"])
     check_modules_to_save(model, list(lora_cfg["modules_to_save"]))
+    saved = resolve_modules_to_save(model, list(lora_cfg["modules_to_save"]))
     return LoraConfig(r=int(lora_cfg["rank"]), lora_alpha=lora_cfg["alpha"], lora_dropout=float(lora_cfg["dropout"]),
-                      target_modules=targets, modules_to_save=list(lora_cfg["modules_to_save"]) or None,
-                      bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, modules_to_save=saved or None, bias="none", task_type="CAUSAL_LM")
 
 
 def apply_lora(model, cfg: dict, base_model_dir, seed: int, gradient_checkpointing: bool, log=print,
@@ -205,7 +253,8 @@ def apply_lora(model, cfg: dict, base_model_dir, seed: int, gradient_checkpointi
     model = get_peft_model(model, config)
     log(f"{cfg['tuning']}: rank {config.r}, alpha {config.lora_alpha}, dropout {config.lora_dropout}, target modules "
         f"{', '.join(sorted(config.target_modules))}"
-        + (f", modules to save {', '.join(config.modules_to_save)}" if config.modules_to_save else ""))
+        + (f", modules to save {', '.join(lora_cfg['modules_to_save'])} ({len(config.modules_to_save)} modules)"
+           if config.modules_to_save else ""))
     return model
 
 
@@ -233,7 +282,7 @@ def record(cfg: dict, target_modules: list[str], base_model_dir, n_trainable: in
 
 
 def write_record(folder, entry: dict) -> None:
-    (Path(folder) / RECORD_NAME).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(Path(folder) / RECORD_NAME, entry)
 
 
 def merge_adapter_into_base(base_model_dir, adapter_dir, out_dir, tokenizer, log=print) -> Path:

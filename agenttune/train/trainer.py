@@ -286,15 +286,10 @@ def measured_mfu(model_config: dict, tokens: int, row_lengths: list[int], second
     if kind is None or not peak or not seconds or not row_lengths:
         return entry
     shape = ModelShape.from_hf_config(model_config)
-    lora = None
-    if train_cfg is not None and train_cfg.get("tuning") in ("lora", "qlora"):
-        from agenttune.cluster.cost.adapters import lora_spec
+    # lora/qlora: the cost model sizes every target the trainer accepts (the two share one rule), lm_head included.
+    from agenttune.cluster.cost.adapters import lora_spec
 
-        try:
-            lora = lora_spec(train_cfg)
-        except ValueError as err:  # e.g. an adapter on lm_head, which the cost model does not size
-            log(f"MFU not recorded: {err}")
-            return entry
+    lora = lora_spec(train_cfg) if train_cfg is not None else None
     entry["mfu"] = round(implied_mfu(shape, tokens, seconds / 3600, devices, get_gpu(kind, peak_flops=peak),
                                      row_lengths, grad_checkpointing, trainable_layers, lora), 6)
     return entry
@@ -459,6 +454,8 @@ def run_training(base_model_dir: str | Path, shard_paths: list[str | Path], resu
         freeze_lower_layers(model, cfg["freeze_trainable_layers"])
     if lora.is_peft(cfg):
         model = lora.apply_lora(model, cfg, base_model_dir, seed, grad_ckpt, log, sharded=use_deepspeed)
+        if resume_from is not None:
+            lora.check_resume_targets(resume_from, list(model.peft_config["default"].target_modules))
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if ds_config and hasattr(next(model.parameters()), "ds_numel"):
         log("weights loaded straight into ZeRO-3 partitions (zero.Init)")

@@ -3,9 +3,11 @@ base weighs. The FLOP and memory estimates (`flops`, `memory`) and the evaluatio
 
 Takes: a `ModelShape` and the run config's `train` section (`train.tuning`, `train.lora`).
 Gives: `LoraSpec` (`lora_spec(train_cfg)`: None for full and freeze tuning), with the adapter's parameter count
-(r·(in + out) per adapted linear, GQA k/v widths from the shape), the parameters `modules_to_save` trains in full,
-the adapted linears' forward FLOPs per token, the bytes of the frozen base (16-bit, or NF4/FP4 with its quantization
-constants), and whether evaluation loads a merged model.
+(r·(in + out) per adapted linear, GQA k/v widths from the shape; r·(hidden + vocab) on lm_head), the parameters
+`modules_to_save` trains in full, the adapted linears' forward FLOPs per token, the bytes of the frozen base (16-bit,
+or NF4/FP4 with its quantization constants), and whether evaluation loads a merged model; `check_target_modules` and
+`check_modules_to_save`: the one rule for which `train.lora` names the preflight and the trainer accept (the names
+this model can size).
 
 QLoRA's 4-bit base, in bytes (docs/cost.md):
 - every nn.Linear inside the decoder layers is quantized (transformers' bitsandbytes integration replaces them all and
@@ -18,13 +20,19 @@ QLoRA's 4-bit base, in bytes (docs/cost.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from agenttune.cluster.cost.shapes import ModelShape
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The nn.Linear modules of a Llama / Qwen2 / Mistral decoder layer: what "all-linear" adapts (PEFT's all-linear
 skips the output layer, lm_head)."""
+TARGET_MODULES = LINEAR_MODULES + ("lm_head",)
+"""The `train.lora.target_modules` names the cost model sizes: every nn.Linear of a Llama-style causal LM. The train
+stage refuses any other name too (agenttune.train.lora calls `check_target_modules`), so that a run the trainer
+accepts is one the preflight can size."""
+SAVED_MODULES = LINEAR_MODULES + ("embed_tokens", "lm_head", "norm", "input_layernorm", "post_attention_layernorm")
+"""The `train.lora.modules_to_save` names the cost model sizes (the trainer refuses any other, as for targets)."""
 
 QUANT_BLOCK = 64            # bitsandbytes' 4-bit block size (weights per absmax)
 DOUBLE_QUANT_BLOCK = 256    # absmax values per second-level fp32 constant
@@ -32,37 +40,55 @@ QUANT_CONSTANT_BITS = {
     False: 32 / QUANT_BLOCK,                                        # 0.5 bit per weight
     True: 8 / QUANT_BLOCK + 32 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK),  # 0.127 bit per weight
 }
-MERGE_AUTO_MAX_PARAMS = 20e9
-"""train.lora.merge auto: merge LoRA when the base has at most this many parameters (config/schema.yaml)."""
+MERGE_AUTO_MAX_PARAMS = 20_000_000_000
+"""train.lora.merge auto: merge LoRA when the base has at most this many parameters (a merged 72B copy is 145 GB per
+epoch; config/schema.yaml). The train stage's merge decision reads it from here."""
 
-# modules_to_save names the cost model can size, beyond the decoder layers' linears.
-_OTHER_MODULES = ("embed_tokens", "lm_head", "norm", "input_layernorm", "post_attention_layernorm")
+
+def check_target_modules(names) -> None:
+    """The one rule for explicit `train.lora.target_modules` names, shared by the preflight and the trainer."""
+    unknown = [m for m in names if m not in TARGET_MODULES]
+    if unknown:
+        raise ValueError(f"train.lora.target_modules: {', '.join(unknown)} cannot be sized by the "
+                         f"cost model (agenttune.cluster.cost.adapters), so neither the preflight nor the trainer "
+                         f"accepts it; the names it sizes are the linear layers of a Llama-style causal LM: "
+                         f"{', '.join(TARGET_MODULES)}")
+
+
+def check_modules_to_save(names) -> None:
+    """The one rule for `train.lora.modules_to_save` names, shared by the preflight and the trainer."""
+    unknown = [m for m in names if m not in SAVED_MODULES]
+    if unknown:
+        raise ValueError(f"train.lora.modules_to_save: {', '.join(unknown)} cannot be sized by the "
+                         f"cost model (agenttune.cluster.cost.adapters), so neither the preflight nor the trainer "
+                         f"accepts it; the modules it sizes are: {', '.join(SAVED_MODULES)}")
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """What the cost model needs from `train.lora` for `train.tuning` lora or qlora."""
+    """What the cost model needs from `train.lora` for `train.tuning` lora or qlora. A field left None takes
+    config/schema.yaml's train.lora default (the only place the defaults are written)."""
 
     method: str = "lora"                                   # lora | qlora
-    rank: int = 16
-    target_modules: tuple[str, ...] = LINEAR_MODULES
-    modules_to_save: tuple[str, ...] = ()
-    dropout: float = 0.05
-    merge: bool | str = "auto"                             # auto | True | False
-    double_quant: bool = True
-    quant_type: str = "nf4"                                # nf4 | fp4: the same 4 bits per weight either way
+    rank: int | None = None
+    target_modules: tuple[str, ...] | None = None          # explicit names (all-linear: LINEAR_MODULES)
+    modules_to_save: tuple[str, ...] | None = None
+    dropout: float | None = None
+    merge: bool | str | None = None                        # auto | True | False
+    double_quant: bool | None = None
+    quant_type: str | None = None                          # nf4 | fp4: the same 4 bits per weight either way
 
     def __post_init__(self):
         if self.method not in ("lora", "qlora"):
             raise ValueError(f"train.tuning: {self.method!r} is not lora or qlora")
-        unknown = [m for m in self.target_modules if m not in LINEAR_MODULES]
-        if unknown:
-            raise ValueError(f"train.lora.target_modules: {', '.join(unknown)} not a linear layer of a Llama-style "
-                             f"decoder layer (known: {', '.join(LINEAR_MODULES)})")
-        unknown = [m for m in self.modules_to_save if m not in LINEAR_MODULES + _OTHER_MODULES]
-        if unknown:
-            raise ValueError(f"train.lora.modules_to_save: {', '.join(unknown)} not a module the cost model knows "
-                             f"(known: {', '.join(_OTHER_MODULES + LINEAR_MODULES)})")
+        if any(getattr(self, f.name) is None for f in fields(self)):
+            from agenttune.common.config import section_with_defaults
+
+            for name, value in _spec_fields(section_with_defaults(None, "train", "lora")).items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        check_target_modules(self.target_modules)
+        check_modules_to_save(self.modules_to_save)
 
     @property
     def quantized(self) -> bool:
@@ -74,13 +100,28 @@ class LoraSpec:
             return self.method == "lora" and shape.params <= MERGE_AUTO_MAX_PARAMS
         return bool(self.merge)
 
+    @property
+    def layer_targets(self) -> tuple[str, ...]:
+        """The adapted linears inside the decoder layers (target_modules but lm_head)."""
+        return tuple(m for m in self.target_modules if m != "lm_head")
+
+    def layer_adapter_params(self, shape: ModelShape) -> int:
+        """lora_A (r × in) and lora_B (out × r) of every adapted linear of the decoder layers, no biases (PEFT's
+        default lora_bias)."""
+        return shape.layers * sum(self.rank * (i + o) for i, o in _linear_dims(shape, self.layer_targets))
+
     def adapter_params(self, shape: ModelShape) -> int:
-        """lora_A (r × in) and lora_B (out × r) of every adapted linear, no biases (PEFT's default lora_bias)."""
-        return shape.layers * sum(self.rank * (i + o) for i, o in _linear_dims(shape, self.target_modules))
+        """The decoder layers' adapters, plus r·(hidden + vocab) with an adapter on lm_head."""
+        lm_head = self.rank * (shape.hidden + shape.vocab) if "lm_head" in self.target_modules else 0
+        return self.layer_adapter_params(shape) + lm_head
 
     def adapter_forward_flops_per_token(self, shape: ModelShape) -> int:
         """2 FLOPs per multiply-add: x·A (r·in) then ·B (r·out), per adapted linear and token."""
         return 2 * self.adapter_params(shape)
+
+    def layer_adapter_forward_flops_per_token(self, shape: ModelShape) -> int:
+        """The part of `adapter_forward_flops_per_token` inside the decoder layers (what checkpointing recomputes)."""
+        return 2 * self.layer_adapter_params(shape)
 
     def saved_params(self, shape: ModelShape) -> int:
         """The parameters `modules_to_save` trains in full (PEFT trains a copy; the original stays, frozen)."""
@@ -142,6 +183,14 @@ def _module_params(shape: ModelShape, name: str) -> int:
     return shape.layers * (i * o + (o if bias.get(name, shape.mlp_bias) else 0))
 
 
+def _spec_fields(lora: dict) -> dict:
+    """LoraSpec's fields from a `train.lora` section with its defaults filled in."""
+    targets = lora["target_modules"]
+    return {"rank": int(lora["rank"]), "target_modules": LINEAR_MODULES if targets == "all-linear" else tuple(targets),
+            "modules_to_save": tuple(lora["modules_to_save"]), "dropout": float(lora["dropout"]),
+            "merge": lora["merge"], "double_quant": bool(lora["double_quant"]), "quant_type": lora["quant_type"]}
+
+
 def lora_spec(train_cfg: dict | None) -> LoraSpec | None:
     """The LoraSpec of a run config's `train` section (`train.tuning` lora or qlora, `train.lora` with the schema's
     defaults); None for full and freeze tuning."""
@@ -151,9 +200,4 @@ def lora_spec(train_cfg: dict | None) -> LoraSpec | None:
     method = train_cfg.get("tuning", "full")
     if method not in ("lora", "qlora"):
         return None
-    lora = section_with_defaults(train_cfg.get("lora"), "train", "lora")
-    targets = lora["target_modules"]
-    return LoraSpec(method=method, rank=int(lora["rank"]),
-                    target_modules=LINEAR_MODULES if targets == "all-linear" else tuple(targets),
-                    modules_to_save=tuple(lora["modules_to_save"]), dropout=float(lora["dropout"]),
-                    merge=lora["merge"], double_quant=bool(lora["double_quant"]), quant_type=lora["quant_type"])
+    return LoraSpec(method=method, **_spec_fields(section_with_defaults(train_cfg.get("lora"), "train", "lora")))

@@ -104,15 +104,19 @@ def training_flops(shape: ModelShape, tokens: float, seq_len: SeqLens = DEFAULT_
     (a weight gradient, 1 × forward, for the matrix-multiplied ones; the embedding is a lookup). So
     dense = 4·N_compute·T + 3·A_f·T + 2·N_saved·T: about 2/3 of full tuning's 6·N·T; the attention (no weights)
     runs its full backward in every layer, 3 × its forward as in full tuning; the recompute is one forward of the
-    decoder layers with their adapters. QLoRA's dequantization of the 4-bit weights (elementwise, once per weight
-    per forward and backward, not per token) is not counted: it is a few operations per weight per micro batch
-    against 2 per weight per token of the matmuls; on hardware it shows as a lower MFU.
+    decoder layers with their adapters (an adapter on lm_head counts in A_f, not in the recompute). With adapters on
+    lm_head alone the backward would not need to pass the decoder layers; the count keeps them (an upper bound).
+    QLoRA's dequantization of the 4-bit weights (elementwise, once per weight per forward and backward, not per
+    token) is not counted: it is a few operations per weight per micro batch against 2 per weight per token of the
+    matmuls; on hardware it shows as a lower MFU.
     """
     attention_forward = 4 * shape.q_dim * mean_keys_per_token(seq_len) * shape.layers * tokens
     if lora is not None:
         adapter = lora.adapter_forward_flops_per_token(shape)
         dense = (4 * shape.compute_params + 3 * adapter + 2 * lora.saved_linear_params(shape)) * tokens
-        recompute = ((2 * shape.decoder_params + adapter) * tokens + attention_forward) if grad_checkpointing else 0.0
+        layer_adapter = lora.layer_adapter_forward_flops_per_token(shape)  # lm_head is not recomputed
+        recompute = ((2 * shape.decoder_params + layer_adapter) * tokens + attention_forward) if grad_checkpointing \
+            else 0.0
         return FlopCount(dense=dense, attention=3 * attention_forward, recompute=recompute)
     if trainable_layers is None:
         dense = 6 * shape.compute_params * tokens

@@ -180,14 +180,15 @@ def lora_activation_bytes(shape: ModelShape, lora: LoraSpec, seq_len: int, grad_
     forward is the same and the input gradients still flow through every frozen layer). Per adapted linear and
     token: lora_B's input, r values; with dropout > 0 also lora_A's input, the dropped-out copy of x (in values,
     PEFT applies the dropout per adapter) and its mask (1 byte each). With dropout 0, lora_A's input is the base
-    layer's own input, already counted. Per layer, all layers, or one rebuilt layer with checkpointing."""
-    per_token_layer = 0
-    for in_dim, _ in linear_dims(shape, lora.target_modules):
-        per_token_layer += lora.rank * dtype_bytes
-        if lora.dropout > 0:
-            per_token_layer += in_dim * (dtype_bytes + 1)
+    layer's own input, already counted. Per layer, all layers, or one rebuilt layer with checkpointing; an adapter
+    on lm_head (its input: hidden values) is outside the checkpointed layers and always kept."""
+    def per_token(in_dim: int) -> int:
+        return lora.rank * dtype_bytes + (in_dim * (dtype_bytes + 1) if lora.dropout > 0 else 0)
+
+    per_token_layer = sum(per_token(in_dim) for in_dim, _ in linear_dims(shape, lora.layer_targets))
+    per_token_head = per_token(shape.hidden) if "lm_head" in lora.target_modules else 0
     layers = 1 if grad_checkpointing else shape.layers
-    return micro_batch * seq_len * layers * per_token_layer
+    return micro_batch * seq_len * (layers * per_token_layer + per_token_head)
 
 
 def estimate_memory_lora(shape: ModelShape, lora: LoraSpec, n_gpus: int, n_nodes: int = 1,
