@@ -23,7 +23,7 @@ checkpoint saving are excluded on both sides of every comparison):
    the base model are then scored on the held-out items with the pipeline's own predict and score.
 
     .venv/bin/python bench/bench_train.py                 # overhead, packing, zero3: ~10 min on 2 idle cores
-    .venv/bin/python bench/bench_train.py --only tuning --only equal_time   # ~25 min
+    .venv/bin/python bench/bench_train.py --only tuning --only equal_time --lora-lr 5e-4,2e-3   # ~25 min
     .venv/bin/python bench/bench_train.py --only overhead --repeats 3 --out-json /tmp/bench_train.json
 """
 
@@ -304,7 +304,8 @@ def heldout_score(model_dir: Path, items: Path, out: Path, config: dict) -> dict
     return {"n": summary["n"], **rounded, "score_ci": [round(x, 3) for x in summary["score_ci"]]}
 
 
-def bench_equal_time(work: Path) -> list[dict]:
+def bench_equal_time(work: Path, lora_lrs: list[float] | None = None) -> list[dict]:
+    """`lora_lrs`: LoRA learning rates to try on the same rows (default: the config's own)."""
     run = "bench-tuning"
     model, shards, items, config = default_run_data(run)
     seed = config["seed"]
@@ -322,14 +323,17 @@ def bench_equal_time(work: Path) -> list[dict]:
     budget_tokens = int(probe["tokens_per_s"] * budget_s)
     lora_shards, n_rows = write_subset(rows, work / "lora-rows", budget_tokens, seed)
     print(f"equal_time: LoRA, {n_rows} of {len(rows)} rows ({budget_tokens} tokens) for {budget_s:.0f} s", flush=True)
-    lora = run_training(model, lora_shards, None, work / "lora" / "epoch-1", 1, {**cfg, **LORA}, seed, log=quiet)
-    for name, folder, m in (("base model", model, None), ("freeze (top 6 layers), 1 epoch", work / "freeze" / "epoch-1",
-                                                          freeze),
-                            ("LoRA r16, same wall time", work / "lora" / "epoch-1", lora)):
-        s = heldout_score(folder, items, work / f"{name.split()[0]}-predictions.jsonl", config)
+    cases = [("base model", model, None), ("freeze (top 6 layers), 1 epoch", work / "freeze" / "epoch-1", freeze)]
+    for k, lr in enumerate(lora_lrs or [cfg["learning_rate"]]):
+        folder = work / f"lora-{k}" / "epoch-1"
+        lora = run_training(model, lora_shards, None, folder, 1, {**cfg, **LORA, "learning_rate": lr}, seed, log=quiet)
+        cases.append((f"LoRA r16, lr {lr:g}, same wall time", folder, lora))
+    for k, (name, folder, m) in enumerate(cases):
+        s = heldout_score(folder, items, work / f"predictions-{k}.jsonl", config)
         results[name] = {"benchmark": "equal_time", "case": name, "train_time_s": m and m["train_time_s"],
                          "tokens": m and m["tokens"], "tokens_per_s": m and m["tokens_per_s"],
-                         "trainable_parameters": m and m["trainable_parameters"], **s}
+                         "trainable_parameters": m and m["trainable_parameters"],
+                         "mean_loss": m and round(m["mean_loss"], 4), **s}
         print(f"  {name}: score {s['score']:.3f} (EM {s['em']:.3f}) over {s['n']} items", flush=True)
     return list(results.values())
 
@@ -357,8 +361,9 @@ def markdown(rows: list[dict]) -> str:
          ("case", "tokens", "tokens_per_s", "ratio", "job_wall_s", "mfu", "peak_memory_gib")),
         ("tuning", "| case | tokens | trainable params | tok/s | vs full | peak RSS GiB | vs full |",
          ("case", "tokens", "trainable_parameters", "tokens_per_s", "ratio", "peak_rss_gib", "rss_ratio")),
-        ("equal_time", "| model | train s | tokens | trainable params | held-out score | EM | fuzzy | score CI | items |",
-         ("case", "train_time_s", "tokens", "trainable_parameters", "score", "em", "fuzzy", "score_ci", "n")),
+        ("equal_time", "| model | train s | tokens | trainable params | mean train loss | held-out score | EM | fuzzy | "
+         "score CI | items |", ("case", "train_time_s", "tokens", "trainable_parameters", "mean_loss", "score", "em",
+                                "fuzzy", "score_ci", "n")),
     ):
         sel = [r for r in rows if r["benchmark"] == kind]
         if sel:
@@ -375,6 +380,8 @@ def main(argv=None) -> int:
     ap.add_argument("--zero-samples", type=int, default=8, help="samples for the ZeRO-3 runs (default 8)")
     ap.add_argument("--tuning-samples", type=int, default=12, help="samples for the tuning-mode runs (default 12)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--lora-lr", type=lambda v: [float(x) for x in v.split(",")],
+                    help="equal_time: LoRA learning rates, comma-separated (default: the config's)")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads of the overhead and packing runs (default 2 = this machine's cores)")
     ap.add_argument("--out-json")
@@ -401,7 +408,7 @@ def main(argv=None) -> int:
         if "tuning" in only:
             rows += bench_tuning(models, samples[:args.tuning_samples], args.repeats, work)
         if "equal_time" in only:
-            rows += bench_equal_time(work)
+            rows += bench_equal_time(work, args.lora_lr)
     print(markdown(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.out_json:
