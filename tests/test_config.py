@@ -98,6 +98,33 @@ def test_defaults_fill_objects_the_config_leaves_out():
     validate(full, SCHEMA)
 
 
+def test_a_config_that_leaves_the_recipe_out_plans_with_the_real_data_defaults(tmp_path):
+    """config/own-data.yaml sets no training recipe, template mix or decoding: Snakemake's validation fills them
+    from the schema (the real-data defaults, docs/first-run.md) and the pipeline plans with them; every config that
+    sets them (the demo, the paper-scale and real-data configs) resolves exactly as it did when they were required."""
+    from agenttune.common.config import with_defaults
+
+    cfg = load(REPO / "config" / "own-data.yaml")
+    assert "epochs" not in cfg["train"] and "templates" not in cfg["format"] and "lambda" not in cfg["evaluate"]
+    filled = copy.deepcopy(cfg)
+    validate(filled, SCHEMA, set_default=True)
+    assert filled["train"] == with_defaults(cfg)["train"]
+    recipe = {k: filled["train"][k] for k in ("epochs", "learning_rate", "lr_scheduler", "warmup_ratio",
+                                              "weight_decay", "batch_size", "grad_accum", "precision")}
+    demo = load(REPO / "config" / "config.yaml")["train"]
+    assert recipe["learning_rate"] < demo["learning_rate"] and recipe["grad_accum"] > demo["grad_accum"]
+    assert filled["format"]["templates"] == with_defaults(cfg)["format"]["templates"]
+    assert set(filled["format"]["templates"]) == {"openai_json", "tool_call", "react"}
+    # The dry run of the whole pipeline plans one train_epoch job per default epoch and scores the val split.
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "-n", "--printshellcmds", "--configfile", "config/own-data.yaml",
+                           "--directory", str(REPO), "--config", f"run=defaults-{tmp_path.name}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("rule train_epoch:") == recipe["epochs"]
+    assert "rule predict_benchmark:" in proc.stdout and "benchmark=val" in proc.stdout
+
+
 def test_no_module_keeps_a_copy_of_a_schema_default():
     """`.get("<key>", <the schema's default>)` in the package, the scripts or the rules is a second copy of a
     default that can drift from config/schema.yaml; the config reaching them is filled by agenttune.common.config."""
