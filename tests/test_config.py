@@ -100,8 +100,8 @@ def test_defaults_fill_objects_the_config_leaves_out():
 
 def test_a_config_that_leaves_the_recipe_out_plans_with_the_real_data_defaults(tmp_path):
     """config/own-data.yaml sets no training recipe, template mix or decoding: Snakemake's validation fills them
-    from the schema (the real-data defaults, docs/first-run.md) and the pipeline plans with them; every config that
-    sets them (the demo, the paper-scale and real-data configs) resolves exactly as it did when they were required."""
+    from the schema (the real-data defaults, docs/first-run.md) and the pipeline plans with them. (The demo, the
+    paper-scale and the real-data configs set every one of these keys, so the defaults do not change them.)"""
     from agenttune.common.config import with_defaults
 
     cfg = load(REPO / "config" / "own-data.yaml")
