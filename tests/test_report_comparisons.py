@@ -153,3 +153,37 @@ def test_bfcl_per_category_figures_and_the_official_irrelevance_rule(tmp_path):
     # The score plot gets a BFCL panel with a line per category and figure, and no averaged BFCL line.
     svg = (tmp_path / "out" / "report" / "score.svg").read_text()
     assert "BFCL v3 per category" in svg and "irrelevance no call, BFCL" in svg and "BFCL AST accuracy" not in svg
+
+
+def test_real_data_summary_reads_a_run_folder_into_the_documented_shape(tmp_path):
+    """bench/real_data_summary.py (docs/real-data-run-v4/summary.json): per model BFCL simple {n, name_em, ast},
+    irrelevance {n, ast, official_accuracy}, the general loss; the reported checkpoint by the report's rule, and
+    each target met or missed by how much."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_data_summary",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "real_data_summary.py")
+    summary_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary_mod)
+    outputs = {"base": ([PROSE] * 4, [PROSE] * 3 + [MALFORMED]),
+               "epoch-1": ([CALL] * 3 + [WRONG_CITY], [PROSE, PROSE, MALFORMED, CALL])}
+    losses = {"base": 1.5, "epoch-1": 1.8}
+    for m, (simple, irrelevance) in outputs.items():
+        pred = dump(tmp_path / "p" / m / "heldout.jsonl", heldout_rows([CALL]))
+        scores = score_predictions(pred, 0.5, "rougeL")
+        scores["benchmarks"] = {"bfcl": score_predictions(
+            dump(tmp_path / "p" / m / "bfcl.jsonl", bfcl_rows(simple, irrelevance)), 0.5, "rougeL")}
+        dump(tmp_path / "run" / "eval" / m / "scores.json", scores)
+        dump(tmp_path / "run" / "eval" / m / "general.json", {"loss": losses[m]})
+    got = summary_mod.summarise(tmp_path / "run")
+    assert got["base"]["simple"] | {"outcomes": None} == {"n": 4, "name_em": 0.0, "ast": 0.0, "outcomes": None}
+    assert got["epoch-1"]["simple"]["name_em"] == 1.0 and got["epoch-1"]["simple"]["ast"] == 0.75
+    # Ours: only a reply without a call is right (the malformed one fails); BFCL's: undecodable counts as no call.
+    assert got["base"]["irrelevance"]["ast"] == 0.75 and got["base"]["irrelevance"]["official_accuracy"] == 1.0
+    assert got["epoch-1"]["irrelevance"]["ast"] == 0.5 and got["epoch-1"]["irrelevance"]["official_accuracy"] == 0.75
+    assert got["reported"]["model"] == "epoch-1" and "last epoch" in got["reported"]["rule"]
+    by_target = {t["target"]: t for t in got["targets"]}
+    assert by_target["simple name_em >= 0.9"]["met"] and by_target["simple ast >= 0.45"]["met"]
+    assert not by_target["irrelevance ast >= 0.8"]["met"] and by_target["irrelevance ast >= 0.8"]["missed_by"] == 0.3
+    loss = by_target["general_loss <= base + 10%"]
+    assert not loss["met"] and loss["limit"] == 1.65 and loss["missed_by"] == 0.15 and loss["change_vs_base"] == 0.2
