@@ -10,7 +10,13 @@ min_version("9.0")
 os.environ.setdefault("AGENTTUNE_SRC", workflow.basedir)
 
 
-configfile: "config/config.yaml"
+# The demo's config is the configuration only when none is given: a --configfile is the whole configuration, and what
+# it leaves out takes the schema's defaults, never the demo's values (the demo's template mix, learning rate and CPU
+# peak FLOP/s would otherwise leak into every other run). An overlay names the demo first:
+# --configfile config/config.yaml config/bfcl.yaml. `--config key=value` still goes on top of either.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, schema="config/schema.yaml")
