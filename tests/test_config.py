@@ -98,30 +98,62 @@ def test_defaults_fill_objects_the_config_leaves_out():
     validate(full, SCHEMA)
 
 
-def test_a_config_that_leaves_the_recipe_out_plans_with_the_real_data_defaults(tmp_path):
-    """config/own-data.yaml sets no training recipe, template mix or decoding: Snakemake's validation fills them
-    from the schema (the real-data defaults, docs/first-run.md) and the pipeline plans with them. (The demo, the
-    paper-scale and the real-data configs set every one of these keys, so the defaults do not change them.)"""
+def workflow_config(*configfiles: str, **overrides) -> tuple[dict, dict]:
+    """(the config, the train_epoch rule's `train` params) exactly as the real Snakefile gives them to its rules, for
+    `snakemake --configfile <configfiles> --config <overrides>` (parsed in-process; nothing runs)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DeploymentSettings, OutputSettings, ResourceSettings,
+                                          StorageSettings, WorkflowSettings)
+
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1),
+                          config_settings=ConfigSettings(configfiles=[REPO / f for f in configfiles],
+                                                         config=dict(overrides)),
+                          storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
+                          deployment_settings=DeploymentSettings(), snakefile=REPO / "Snakefile", workdir=REPO)
+        workflow = wf._workflow
+        return copy.deepcopy(dict(workflow.config)), copy.deepcopy(dict(workflow.get_rule("train_epoch").params.train))
+
+
+def test_a_config_file_is_the_whole_configuration_and_leaves_the_rest_to_the_schema_defaults():
+    """`--configfile config/own-data.yaml` sets no training recipe, template mix or decoding: the rules get the
+    schema's real-data defaults (docs/first-run.md), not the demo's values from config/config.yaml, which the
+    Snakefile reads only when no config file is given. Before, every key a config left out came from the demo: the
+    demo's learning rate and ReAct-only templates in a user's first run, `react: 1.0` added to the LoRA/QLoRA configs'
+    native templates, the CPU's peak FLOP/s in the A100 configs' cost preflight."""
     from agenttune.common.config import with_defaults
 
-    cfg = load(REPO / "config" / "own-data.yaml")
-    assert "epochs" not in cfg["train"] and "templates" not in cfg["format"] and "lambda" not in cfg["evaluate"]
-    filled = copy.deepcopy(cfg)
-    validate(filled, SCHEMA, set_default=True)
-    assert filled["train"] == with_defaults(cfg)["train"]
-    recipe = {k: filled["train"][k] for k in ("epochs", "learning_rate", "lr_scheduler", "warmup_ratio",
-                                              "weight_decay", "batch_size", "grad_accum", "precision")}
-    demo = load(REPO / "config" / "config.yaml")["train"]
-    assert recipe["learning_rate"] < demo["learning_rate"] and recipe["grad_accum"] > demo["grad_accum"]
-    assert filled["format"]["templates"] == with_defaults(cfg)["format"]["templates"]
-    assert set(filled["format"]["templates"]) == {"openai_json", "tool_call", "react"}
-    # The dry run of the whole pipeline plans one train_epoch job per default epoch and scores the val split.
+    own = load(REPO / "config" / "own-data.yaml")
+    demo = load(REPO / "config" / "config.yaml")
+    assert "learning_rate" not in own["train"] and "templates" not in own["format"] and "lambda" not in own["evaluate"]
+    cfg, train = workflow_config("config/own-data.yaml")
+    assert cfg["train"] == with_defaults(own)["train"] and train["learning_rate"] == cfg["train"]["learning_rate"]
+    assert train["learning_rate"] != demo["train"]["learning_rate"] and train["grad_accum"] != demo["train"]["grad_accum"]
+    assert cfg["format"]["templates"] == with_defaults(own)["format"]["templates"] != demo["format"]["templates"]
+    assert cfg["evaluate"]["max_new_tokens"] == with_defaults(own)["evaluate"]["max_new_tokens"]
+    assert cfg["data"]["demo"]["n_traces"] == 0
+    # The paper-scale configs: their own templates only, and the A100's peak FLOP/s (no CPU override).
+    lora, _ = workflow_config("config/agenttune-7b-lora.yaml")
+    assert lora["format"]["templates"] == load(REPO / "config" / "agenttune-7b-lora.yaml")["format"]["templates"]
+    assert "device_peak_flops" not in lora["compute"]
+    # No config file: the demo, with `--config` on top; an overlay still goes on top of the demo when named after it.
+    cfg, train = workflow_config(run="x")
+    assert cfg["run"] == "x" and train["learning_rate"] == demo["train"]["learning_rate"]
+    cfg, _ = workflow_config("config/config.yaml", "config/bfcl.yaml")
+    assert cfg["format"]["templates"] == demo["format"]["templates"] and "bfcl" in cfg["evaluate"]
+
+
+def test_a_config_that_leaves_the_recipe_out_plans_the_pipeline(tmp_path):
+    """The dry run of the whole pipeline on config/own-data.yaml: one train_epoch job per default epoch, and the
+    validation split scored (the report then reports the epoch best there)."""
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    proc = subprocess.run([snakemake, "-n", "--printshellcmds", "--configfile", "config/own-data.yaml",
-                           "--directory", str(REPO), "--config", f"run=defaults-{tmp_path.name}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([snakemake, "-n", "--configfile", "config/own-data.yaml", "--config",
+                           f"run=defaults-{tmp_path.name}"], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("rule train_epoch:") == recipe["epochs"]
+    from agenttune.common.config import with_defaults
+
+    epochs = with_defaults(load(REPO / "config" / "own-data.yaml"))["train"]["epochs"]
+    assert proc.stdout.count("rule train_epoch:") == epochs
     assert "rule predict_benchmark:" in proc.stdout and "benchmark=val" in proc.stdout
 
 
