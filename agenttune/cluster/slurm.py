@@ -734,8 +734,9 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_run_config(configfiles: list[str]) -> dict:
-    """config/config.yaml overlaid with each --configfile, as Snakemake merges them, with the schema's defaults."""
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) if DEFAULT_CONFIG.is_file() else {}
+    """The run config as the Snakefile reads it, with the schema's defaults: the --configfile files merged in order
+    (each over the one before), or config/config.yaml when none is given."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) if not configfiles and DEFAULT_CONFIG.is_file() else {}
     for path in configfiles:
         config = _deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
     return with_defaults(config)
@@ -755,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("check", "check the site file (and a run config) against the cluster; exit 1 on problems")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--site", help=f"site file (default: ${SITE_ENV} or {DEFAULT_SITE})")
-        p.add_argument("--configfile", nargs="*", default=[], help="run config(s), merged over config/config.yaml")
+        p.add_argument("--configfile", nargs="*", default=[], help="run config(s), merged in order as Snakemake does (none: config/config.yaml)")
         p.add_argument("--recorded", help="folder with partitions.txt, nodes.txt, config.txt "
                                           "(outputs of scontrol show partition -o / node -o / config)")
         p.add_argument("--offline", action="store_true", help="check against the site file only")
