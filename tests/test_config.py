@@ -132,6 +132,11 @@ def test_a_config_file_is_the_whole_configuration_and_leaves_the_rest_to_the_sch
     assert cfg["format"]["templates"] == with_defaults(own)["format"]["templates"] != demo["format"]["templates"]
     assert cfg["evaluate"]["max_new_tokens"] == with_defaults(own)["evaluate"]["max_new_tokens"]
     assert cfg["data"]["demo"]["n_traces"] == 0
+    # Freeze tuning without its layer count is a config error naming the key, not a KeyError in the training job.
+    freeze = copy.deepcopy(own)
+    del freeze["train"]["freeze_trainable_layers"]
+    with pytest.raises(WorkflowError, match="freeze_trainable_layers"):
+        validate(freeze, SCHEMA)
     # The paper-scale configs: their own templates only, and the A100's peak FLOP/s (no CPU override).
     lora, _ = workflow_config("config/agenttune-7b-lora.yaml")
     assert lora["format"]["templates"] == load(REPO / "config" / "agenttune-7b-lora.yaml")["format"]["templates"]
